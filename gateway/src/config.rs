@@ -1,0 +1,546 @@
+//! Configuration: strict TOML (unknown keys are errors with their path), validated into
+//! runtime types. Secrets are never written in the file, only the names of env vars that
+//! hold them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default listen address of `aigw serve`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// A configuration that could not be loaded or validated.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or does not match the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// Dotted path of the offending key (`providers.openai.base_ur`).
+        path: String,
+        /// What is wrong, as the TOML parser reports it.
+        message: String,
+    },
+    /// The values are inconsistent or invalid.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// Dotted path of the offending key.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+// ---- raw file shape ----------------------------------------------------------------------
+
+/// The configuration file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    models: Vec<RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    max_body_bytes: Option<usize>,
+    max_audio_body_bytes: Option<usize>,
+    shutdown_grace_secs: Option<u64>,
+    health_check_interval_secs: Option<u64>,
+    #[serde(default)]
+    cors_allow_origins: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    name: String,
+    key_env: Option<String>,
+    sha256: Option<String>,
+    tenant: Option<String>,
+    models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum RawProvider {
+    Openai(RawOpenAiProvider),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpenAiProvider {
+    base_url: String,
+    api_key_env: Option<String>,
+    timeout_secs: Option<u64>,
+    connect_timeout_secs: Option<u64>,
+    health_path: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    provider: String,
+    upstream_model: Option<String>,
+    owned_by: Option<String>,
+}
+
+// ---- validated runtime shape --------------------------------------------------------------
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP server settings.
+    pub server: ServerConfig,
+    /// API keys; empty means unauthenticated.
+    pub keys: Vec<ApiKeyConfig>,
+    /// Upstream providers by name.
+    pub providers: Vec<ProviderConfig>,
+    /// Model aliases served.
+    pub models: Vec<ModelConfig>,
+    /// Env vars the file references that are not set (fatal for `serve`).
+    pub missing_env: Vec<String>,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Largest JSON body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest audio upload accepted (413 beyond).
+    pub max_audio_body_bytes: usize,
+    /// How long in-flight requests may run after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// How often upstream health is probed.
+    pub health_check_interval: Duration,
+    /// Origins allowed by CORS (`*` for any); empty disables CORS.
+    pub cors_allow_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 16 * 1024 * 1024,
+            max_audio_body_bytes: 25 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            health_check_interval: Duration::from_secs(15),
+            cors_allow_origins: Vec::new(),
+        }
+    }
+}
+
+/// How an API key is recognised.
+#[derive(Debug, Clone)]
+pub struct ApiKeyConfig {
+    /// Name of the key (logs and metrics; never the secret).
+    pub name: String,
+    /// SHA-256 of the secret; `None` if its env var is missing (config check only).
+    pub sha256: Option<[u8; 32]>,
+    /// Tenant the key belongs to.
+    pub tenant: String,
+    /// Aliases the key may use; `None` means all.
+    pub models: Option<Vec<String>>,
+}
+
+/// The kinds of upstream provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// Any server speaking the OpenAI HTTP API (OpenAI, vLLM, llama.cpp, another aigw).
+    OpenAi,
+}
+
+/// An upstream provider.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Name used by model routes.
+    pub name: String,
+    /// Wire protocol.
+    pub kind: ProviderKind,
+    /// Base URL including the version prefix (`https://api.openai.com/v1`).
+    pub base_url: String,
+    /// The secret, read from the env var named in the file.
+    pub api_key: Option<String>,
+    /// Limit on one non-streaming call, and on silence between stream chunks.
+    pub timeout: Duration,
+    /// Limit on establishing a connection.
+    pub connect_timeout: Duration,
+    /// Path probed for readiness, relative to `base_url`.
+    pub health_path: String,
+    /// Extra headers sent on every call.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A model alias and where it is served.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The name clients use.
+    pub alias: String,
+    /// The provider serving it.
+    pub provider: String,
+    /// The provider's own name for the model.
+    pub upstream_model: String,
+    /// Shown as `owned_by` in `/v1/models`.
+    pub owned_by: String,
+}
+
+impl Config {
+    /// Reads and validates a config file; env vars are looked up in the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates TOML text, resolving env vars through `env`.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let raw = parse_raw(text)?;
+        Self::from_raw(raw, env)
+    }
+
+    /// The embedded default: no file, nothing configured.
+    pub fn embedded_default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            keys: Vec::new(),
+            providers: Vec::new(),
+            models: Vec::new(),
+            missing_env: Vec::new(),
+        }
+    }
+
+    fn from_raw(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut missing_env = Vec::new();
+        let mut lookup = |name: &str, path: &str| -> Result<Option<String>, ConfigError> {
+            check_env_name(name, path)?;
+            let value = env(name).filter(|v| !v.is_empty());
+            if value.is_none() {
+                missing_env.push(name.to_string());
+            }
+            Ok(value)
+        };
+
+        let server = server_config(raw.server)?;
+
+        let mut keys = Vec::new();
+        let mut key_names = HashSet::new();
+        for (i, k) in raw.auth.keys.into_iter().enumerate() {
+            let path = format!("auth.keys[{i}]");
+            if !key_names.insert(k.name.clone()) {
+                return Err(invalid(
+                    format!("{path}.name"),
+                    format!("duplicate key name '{}'", k.name),
+                ));
+            }
+            let sha256 = match (k.key_env, k.sha256) {
+                (Some(var), None) => lookup(&var, &format!("{path}.key_env"))?
+                    .map(|secret| crate::auth::hash_key(&secret)),
+                (None, Some(hex_digest)) => {
+                    Some(parse_sha256(&hex_digest, &format!("{path}.sha256"))?)
+                }
+                _ => {
+                    return Err(invalid(
+                        path,
+                        "set exactly one of `key_env` (env var holding the key) or `sha256` (hex digest of the key)",
+                    ));
+                }
+            };
+            keys.push(ApiKeyConfig {
+                name: k.name,
+                sha256,
+                tenant: k.tenant.unwrap_or_else(|| "default".into()),
+                models: k.models.filter(|m| !m.iter().any(|x| x == "*")),
+            });
+        }
+
+        let mut providers = Vec::new();
+        for (name, p) in raw.providers {
+            let path = format!("providers.{name}");
+            let RawProvider::Openai(p) = p;
+            let base_url = p.base_url.trim_end_matches('/').to_string();
+            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                return Err(invalid(
+                    format!("{path}.base_url"),
+                    "must start with http:// or https://",
+                ));
+            }
+            let api_key = match &p.api_key_env {
+                Some(var) => lookup(var, &format!("{path}.api_key_env"))?,
+                None => None,
+            };
+            let health_path = p.health_path.unwrap_or_else(|| "/models".into());
+            if !health_path.starts_with('/') {
+                return Err(invalid(
+                    format!("{path}.health_path"),
+                    "must start with '/'",
+                ));
+            }
+            for header in p.headers.keys() {
+                if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    return Err(invalid(
+                        format!("{path}.headers.{header}"),
+                        "not a valid HTTP header name",
+                    ));
+                }
+            }
+            providers.push(ProviderConfig {
+                name,
+                kind: ProviderKind::OpenAi,
+                base_url,
+                api_key,
+                timeout: Duration::from_secs(p.timeout_secs.unwrap_or(120).max(1)),
+                connect_timeout: Duration::from_secs(p.connect_timeout_secs.unwrap_or(5).max(1)),
+                health_path,
+                headers: p.headers,
+            });
+        }
+
+        let mut models = Vec::new();
+        let mut aliases = HashSet::new();
+        for (i, m) in raw.models.into_iter().enumerate() {
+            let path = format!("models[{i}]");
+            if m.name.trim().is_empty() {
+                return Err(invalid(format!("{path}.name"), "must not be empty"));
+            }
+            if !aliases.insert(m.name.clone()) {
+                return Err(invalid(
+                    format!("{path}.name"),
+                    format!("duplicate model name '{}'", m.name),
+                ));
+            }
+            if !providers.iter().any(|p| p.name == m.provider) {
+                return Err(invalid(
+                    format!("{path}.provider"),
+                    format!("no provider named '{}' under [providers]", m.provider),
+                ));
+            }
+            models.push(ModelConfig {
+                upstream_model: m.upstream_model.unwrap_or_else(|| m.name.clone()),
+                owned_by: m.owned_by.unwrap_or_else(|| m.provider.clone()),
+                alias: m.name,
+                provider: m.provider,
+            });
+        }
+        for (i, k) in keys.iter().enumerate() {
+            for (j, model) in k.models.iter().flatten().enumerate() {
+                if !aliases.contains(model) {
+                    return Err(invalid(
+                        format!("auth.keys[{i}].models[{j}]"),
+                        format!("no model named '{model}' under [[models]]"),
+                    ));
+                }
+            }
+        }
+
+        Ok(Self {
+            server,
+            keys,
+            providers,
+            models,
+            missing_env,
+        })
+    }
+}
+
+/// Parses TOML into the raw shape, reporting the path of an unknown or mistyped key.
+fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Parse {
+        path: "(file)".into(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::Parse {
+            path: if path == "." { "(file)".into() } else { path },
+            message: e.into_inner().to_string().trim_end().to_string(),
+        }
+    })
+}
+
+fn server_config(raw: RawServer) -> Result<ServerConfig, ConfigError> {
+    let defaults = ServerConfig::default();
+    let listen = match raw.listen {
+        Some(addr) => parse_listen(&addr).map_err(|m| invalid("server.listen", m))?,
+        None => defaults.listen,
+    };
+    Ok(ServerConfig {
+        listen,
+        max_body_bytes: raw.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+        max_audio_body_bytes: raw
+            .max_audio_body_bytes
+            .unwrap_or(defaults.max_audio_body_bytes),
+        shutdown_grace: raw
+            .shutdown_grace_secs
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.shutdown_grace),
+        health_check_interval: raw
+            .health_check_interval_secs
+            .map(|s| Duration::from_secs(s.max(1)))
+            .unwrap_or(defaults.health_check_interval),
+        cors_allow_origins: raw.cors_allow_origins,
+    })
+}
+
+/// Parses a listen address (`host:port`).
+pub fn parse_listen(addr: &str) -> Result<SocketAddr, String> {
+    addr.parse()
+        .map_err(|_| format!("'{addr}' is not an address like 127.0.0.1:8080 or [::]:8080"))
+}
+
+fn check_env_name(name: &str, path: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            format!(
+                "'{name}' is not an environment variable name (the secret itself belongs in the environment, not in the file)"
+            ),
+        ))
+    }
+}
+
+fn parse_sha256(text: &str, path: &str) -> Result<[u8; 32], ConfigError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut out)
+        .map_err(|_| invalid(path, "must be 64 hex digits (sha256 of the key)"))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "UPSTREAM_KEY" || name == "GM_KEY").then(|| format!("secret-{name}"))
+    }
+
+    const EXAMPLE: &str = r#"
+[server]
+listen = "127.0.0.1:9999"
+
+[[auth.keys]]
+name = "gm"
+key_env = "GM_KEY"
+models = ["chat"]
+
+[providers.up]
+kind = "openai"
+base_url = "http://127.0.0.1:1/v1/"
+api_key_env = "UPSTREAM_KEY"
+
+[[models]]
+name = "chat"
+provider = "up"
+upstream_model = "gpt-4o-mini"
+"#;
+
+    #[test]
+    fn example_parses() {
+        let c = Config::parse(EXAMPLE, &env).unwrap();
+        assert_eq!(c.server.listen.port(), 9999);
+        assert_eq!(c.providers[0].base_url, "http://127.0.0.1:1/v1");
+        assert_eq!(
+            c.providers[0].api_key.as_deref(),
+            Some("secret-UPSTREAM_KEY")
+        );
+        assert_eq!(c.models[0].upstream_model, "gpt-4o-mini");
+        assert_eq!(
+            c.keys[0].sha256,
+            Some(crate::auth::hash_key("secret-GM_KEY"))
+        );
+        assert!(c.missing_env.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_reports_its_path() {
+        let text = EXAMPLE.replace("api_key_env", "api_kye_env");
+        let err = Config::parse(&text, &env).unwrap_err().to_string();
+        assert!(err.starts_with("providers.up"), "{err}");
+        assert!(err.contains("api_kye_env"), "{err}");
+        let err = Config::parse("[server]\nlisten_addr = \"x\"\n", &env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.listen_addr") || err.starts_with("server"),
+            "{err}"
+        );
+        assert!(err.contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors() {
+        let err = Config::parse(
+            &EXAMPLE.replace("provider = \"up\"", "provider = \"nope\""),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("models[0].provider"), "{err}");
+        let err = Config::parse(
+            &EXAMPLE.replace("kind = \"openai\"", "kind = \"gopher\""),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gopher"), "{err}");
+        let err = Config::parse(
+            &EXAMPLE.replace("key_env = \"GM_KEY\"", "key_env = \"sk-live-123\""),
+            &env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not an environment variable name"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_is_recorded() {
+        let c = Config::parse(EXAMPLE, &|_| None).unwrap();
+        assert_eq!(
+            c.missing_env,
+            vec!["GM_KEY".to_string(), "UPSTREAM_KEY".to_string()]
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! The gateway's error type and its OpenAI-shaped rendering, as a JSON response or as the
+//! final event of a stream. 5xx messages never carry upstream internals.
+
+use aigw_models::openai::ErrorResponse;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+
+use crate::providers::ProviderError;
+
+/// Everything that can go wrong serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request is malformed or invalid.
+    #[error("{message}")]
+    BadRequest {
+        /// What is wrong.
+        message: String,
+        /// The parameter at fault.
+        param: Option<String>,
+        /// Stable code, if any.
+        code: Option<&'static str>,
+    },
+    /// Missing or wrong API key.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The model does not exist or the key may not use it.
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    /// No such route.
+    #[error("Unknown request URL: {method} {path}.")]
+    RouteNotFound {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// The route exists but not for this method.
+    #[error("Method {0} is not allowed for this URL.")]
+    MethodNotAllowed(String),
+    /// Body larger than the configured limit.
+    #[error("Request body too large: the limit is {limit} bytes.")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The upstream failed or refused.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// A bug or an impossible state; details are logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// A 400 naming the parameter at fault.
+    pub fn bad_request(message: impl Into<String>, param: Option<String>) -> Self {
+        Self::BadRequest {
+            message: message.into(),
+            param,
+            code: None,
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::ModelNotFound(_) | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Provider(e) => match e {
+                ProviderError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                ProviderError::Connect(_)
+                | ProviderError::InvalidResponse(_)
+                | ProviderError::Transport(_) => StatusCode::BAD_GATEWAY,
+                ProviderError::Unsupported(_) => StatusCode::BAD_REQUEST,
+                ProviderError::Status { status, .. } if status.is_client_error() => *status,
+                ProviderError::Status { .. } => StatusCode::BAD_GATEWAY,
+            },
+        }
+    }
+
+    /// A stable short name, used as a metrics label and in logs.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::BadRequest { .. } => "bad_request",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::RouteNotFound { .. } => "route_not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::Internal(_) => "internal",
+            Self::Provider(e) => match e {
+                ProviderError::Connect(_) => "upstream_connect",
+                ProviderError::Timeout => "upstream_timeout",
+                ProviderError::Status { status, .. } if status.is_client_error() => "upstream_4xx",
+                ProviderError::Status { .. } => "upstream_5xx",
+                ProviderError::InvalidResponse(_) => "upstream_invalid",
+                ProviderError::Transport(_) => "upstream_transport",
+                ProviderError::Unsupported(_) => "unsupported",
+            },
+        }
+    }
+
+    /// The OpenAI error body for this error.
+    pub fn to_body(&self) -> ErrorResponse {
+        let status = self.status_code();
+        let (kind, param, code): (&str, Option<String>, Option<&str>) = match self {
+            Self::BadRequest { param, code, .. } => ("invalid_request_error", param.clone(), *code),
+            Self::Unauthorized(_) => ("invalid_request_error", None, Some("invalid_api_key")),
+            Self::ModelNotFound(_) => (
+                "invalid_request_error",
+                Some("model".into()),
+                Some("model_not_found"),
+            ),
+            Self::RouteNotFound { .. } => ("invalid_request_error", None, Some("unknown_url")),
+            Self::MethodNotAllowed(_) => {
+                ("invalid_request_error", None, Some("method_not_allowed"))
+            }
+            Self::PayloadTooLarge { .. } => {
+                ("invalid_request_error", None, Some("request_too_large"))
+            }
+            Self::Internal(_) => ("api_error", None, None),
+            Self::Provider(ProviderError::Unsupported(_)) => (
+                "invalid_request_error",
+                Some("model".into()),
+                Some("unsupported_endpoint"),
+            ),
+            Self::Provider(ProviderError::Status {
+                body: Some(body), ..
+            }) if status.is_client_error() => {
+                return body.clone();
+            }
+            Self::Provider(ProviderError::Status { status: up, .. })
+                if status.is_client_error() =>
+            {
+                return ErrorResponse::new(
+                    format!(
+                        "The upstream provider rejected the request (HTTP {}).",
+                        up.as_u16()
+                    ),
+                    "invalid_request_error",
+                    None,
+                    None,
+                );
+            }
+            Self::Provider(ProviderError::Timeout) => ("api_error", None, Some("upstream_timeout")),
+            Self::Provider(_) => ("api_error", None, Some("upstream_error")),
+        };
+        let message = match self {
+            Self::Internal(_) => {
+                "The server had an error while processing your request.".to_string()
+            }
+            Self::Provider(ProviderError::Timeout) => {
+                "The upstream provider did not respond in time.".to_string()
+            }
+            Self::Provider(ProviderError::Status { status, .. }) => {
+                format!("The upstream provider failed (HTTP {}).", status.as_u16())
+            }
+            Self::Provider(ProviderError::Unsupported(_)) => self.to_string(),
+            Self::Provider(_) => {
+                "The upstream provider could not be reached or answered invalidly.".to_string()
+            }
+            _ => self.to_string(),
+        };
+        ErrorResponse::new(message, kind, param, code.map(str::to_string))
+    }
+
+    /// The `data:` payload of a final stream event carrying this error.
+    pub fn to_sse_data(&self) -> String {
+        serde_json::to_string(&self.to_body()).unwrap_or_else(|_| {
+            r#"{"error":{"message":"internal error","type":"api_error","param":null,"code":null}}"#.to_string()
+        })
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, error_type = self.error_type(), "request failed");
+        }
+        let retry_after = match &self {
+            Self::Provider(ProviderError::Status {
+                retry_after: Some(d),
+                ..
+            }) => Some(d.as_secs()),
+            _ => None,
+        };
+        let mut resp = (status, axum::Json(self.to_body())).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp.extensions_mut().insert(ErrorKind(self.error_type()));
+        resp
+    }
+}
+
+/// Put in response extensions so the metrics middleware can label failures.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorKind(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_client_errors_pass_through() {
+        let body = ErrorResponse::new(
+            "bad tool schema",
+            "invalid_request_error",
+            Some("tools".into()),
+            None,
+        );
+        let e = GatewayError::Provider(ProviderError::Status {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: Some(body.clone()),
+            retry_after: None,
+        });
+        assert_eq!(e.status_code(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(e.to_body(), body);
+    }
+
+    #[test]
+    fn upstream_server_errors_hide_details() {
+        let e = GatewayError::Provider(ProviderError::Status {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: Some(ErrorResponse::new(
+                "db at 10.0.0.3 down",
+                "server_error",
+                None,
+                None,
+            )),
+            retry_after: None,
+        });
+        assert_eq!(e.status_code(), StatusCode::BAD_GATEWAY);
+        assert!(!e.to_body().error.message.contains("10.0.0.3"));
+        assert_eq!(
+            GatewayError::Provider(ProviderError::Timeout).status_code(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! Prometheus metrics, one registry per server (so tests can run several servers).
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Buckets for whole-request and upstream latency, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Buckets for the time the gateway itself adds, in seconds.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1,
+];
+
+/// All metrics the gateway exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, model and status.
+    pub requests: IntCounterVec,
+    /// Whole-request latency by route and model (streams: until the last byte).
+    pub request_duration: HistogramVec,
+    /// Time spent waiting on upstreams by provider and model.
+    pub upstream_duration: HistogramVec,
+    /// Time to the first streamed token by model.
+    pub time_to_first_token: HistogramVec,
+    /// Time spent in the gateway outside upstream calls, by route.
+    pub overhead: HistogramVec,
+    /// Tokens by model and direction (`in`, `out`).
+    pub tokens: IntCounterVec,
+    /// Failures by route and error type.
+    pub errors: IntCounterVec,
+    /// Requests being served now.
+    pub in_flight: IntGauge,
+    /// Upstream health by provider (1 healthy, 0 not).
+    pub upstream_up: prometheus::IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("aigw".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests by route, model and status"),
+            &["route", "model", "status"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("request_duration_seconds", "Whole-request latency")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "model"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_duration_seconds",
+                "Time spent waiting on upstreams",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider", "model"],
+        )?;
+        let time_to_first_token = HistogramVec::new(
+            HistogramOpts::new(
+                "time_to_first_token_seconds",
+                "Time to the first streamed token",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["model"],
+        )?;
+        let overhead = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_overhead_seconds",
+                "Time spent in the gateway outside upstream calls",
+            )
+            .buckets(OVERHEAD_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new("tokens_total", "Tokens by model and direction"),
+            &["model", "direction"],
+        )?;
+        let errors = IntCounterVec::new(
+            Opts::new("errors_total", "Failed requests by route and error type"),
+            &["route", "type"],
+        )?;
+        let in_flight = IntGauge::new("requests_in_flight", "Requests being served")?;
+        let upstream_up = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "upstream_up",
+                "Whether the last health probe of a provider succeeded",
+            ),
+            &["provider"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(time_to_first_token.clone()))?;
+        registry.register(Box::new(overhead.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(upstream_up.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            time_to_first_token,
+            overhead,
+            tokens,
+            errors,
+            in_flight,
+            upstream_up,
+        })
+    }
+
+    /// Counts tokens of one request.
+    pub fn record_tokens(&self, model: &str, prompt: u64, completion: u64) {
+        self.tokens.with_label_values(&[model, "in"]).inc_by(prompt);
+        self.tokens
+            .with_label_values(&[model, "out"])
+            .inc_by(completion);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

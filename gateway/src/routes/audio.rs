@@ -1,0 +1,167 @@
+//! `POST /v1/audio/transcriptions` and `/v1/audio/translations`: multipart forms forwarded to
+//! the upstream that serves the model; its answer (json, text, srt, vtt) is passed through.
+
+use aigw_models::openai::{TranscriptionForm, TranscriptionResponse};
+use axum::Extension;
+use axum::extract::multipart::{Multipart, MultipartError};
+use axum::extract::{FromRequest, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::StatusCode;
+
+use super::{labelled, request_ctx};
+use crate::auth::Principal;
+use crate::error::GatewayError;
+use crate::openapi::ApiErrors;
+use crate::pipeline;
+use crate::providers::{AudioRequest, AudioTask};
+use crate::state::AppState;
+use crate::telemetry::RequestTiming;
+
+/// Transcribes audio into the input language.
+#[utoipa::path(
+    post,
+    path = "/v1/audio/transcriptions",
+    tag = "OpenAI",
+    request_body(content = TranscriptionForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The transcript: JSON for `json`/`verbose_json`, plain text for `text`/`srt`/`vtt`",
+            content(
+                (TranscriptionResponse = "application/json"),
+                (String = "text/plain"),
+            )),
+        ApiErrors,
+    ),
+    security(("api_key" = []))
+)]
+pub async fn create_transcription(
+    state: State<AppState>,
+    principal: Extension<Principal>,
+    timing: Extension<RequestTiming>,
+    req: Request,
+) -> Response {
+    serve(
+        state,
+        principal,
+        timing,
+        req,
+        AudioTask::Transcription,
+        "/v1/audio/transcriptions",
+    )
+    .await
+}
+
+/// Translates audio into English text.
+#[utoipa::path(
+    post,
+    path = "/v1/audio/translations",
+    tag = "OpenAI",
+    request_body(content = TranscriptionForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The English text: JSON for `json`/`verbose_json`, plain text for `text`/`srt`/`vtt`",
+            content(
+                (TranscriptionResponse = "application/json"),
+                (String = "text/plain"),
+            )),
+        ApiErrors,
+    ),
+    security(("api_key" = []))
+)]
+pub async fn create_translation(
+    state: State<AppState>,
+    principal: Extension<Principal>,
+    timing: Extension<RequestTiming>,
+    req: Request,
+) -> Response {
+    serve(
+        state,
+        principal,
+        timing,
+        req,
+        AudioTask::Translation,
+        "/v1/audio/translations",
+    )
+    .await
+}
+
+async fn serve(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Extension(timing): Extension<RequestTiming>,
+    req: Request,
+    task: AudioTask,
+    route_name: &'static str,
+) -> Response {
+    let ctx = request_ctx(&state, &principal, &timing, req.headers(), route_name);
+    let form = match read_form(&state, req, task).await {
+        Ok(form) => form,
+        Err(e) => return e.into_response(),
+    };
+    let route = match state.routes().resolve(&principal, &form.model) {
+        Ok(route) => route,
+        Err(e) => return e.into_response(),
+    };
+    let result = pipeline::audio(&ctx, route, form).await.map(|resp| {
+        (
+            StatusCode::OK,
+            [(http::header::CONTENT_TYPE, resp.content_type)],
+            resp.body,
+        )
+    });
+    labelled(&route.alias, result)
+}
+
+/// Reads the multipart form: `file` and `model` are required, other fields are kept.
+async fn read_form(
+    state: &AppState,
+    req: Request,
+    task: AudioTask,
+) -> Result<AudioRequest, GatewayError> {
+    let limit = state.config().server.max_audio_body_bytes;
+    let mut multipart = Multipart::from_request(req, state).await.map_err(|e| {
+        GatewayError::bad_request(
+            format!("Expected a multipart/form-data body: {}", e.body_text()),
+            None,
+        )
+    })?;
+    let field_error = |e: MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            GatewayError::PayloadTooLarge { limit }
+        } else {
+            GatewayError::bad_request(format!("Malformed multipart body: {}", e.body_text()), None)
+        }
+    };
+    let mut file: Option<(String, Option<String>, Bytes)> = None;
+    let mut model = None;
+    let mut fields = Vec::new();
+    while let Some(field) = multipart.next_field().await.map_err(field_error)? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "file" {
+            let file_name = field.file_name().unwrap_or("audio").to_string();
+            let content_type = field.content_type().map(str::to_string);
+            let bytes = field.bytes().await.map_err(field_error)?;
+            file = Some((file_name, content_type, bytes));
+        } else {
+            let value = field.text().await.map_err(field_error)?;
+            if name == "model" {
+                model = Some(value);
+            } else {
+                fields.push((name, value));
+            }
+        }
+    }
+    let (file_name, file_content_type, file) = file.ok_or_else(|| {
+        GatewayError::bad_request("Missing required parameter: 'file'.", Some("file".into()))
+    })?;
+    let model = model.filter(|m| !m.trim().is_empty()).ok_or_else(|| {
+        GatewayError::bad_request("Missing required parameter: 'model'.", Some("model".into()))
+    })?;
+    Ok(AudioRequest {
+        task,
+        model,
+        file_name,
+        file_content_type,
+        file,
+        fields,
+    })
+}

@@ -1,0 +1,120 @@
+//! The route table: every path, its handler and its middleware, in one place.
+//!
+//! Handlers stay short: extract → resolve the model → call the pipeline → JSON or SSE.
+
+pub(crate) mod audio;
+pub(crate) mod chat;
+pub(crate) mod completions;
+pub(crate) mod embeddings;
+pub(crate) mod models;
+pub(crate) mod ops;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::HeaderMap;
+use serde::Serialize;
+
+pub use audio::{create_transcription, create_translation};
+pub use chat::create_chat_completion;
+pub use completions::create_completion;
+pub use embeddings::create_embedding;
+pub use models::{list_models, retrieve_model};
+pub use ops::{health, metrics, ready};
+
+use crate::auth::{self, Principal};
+use crate::error::GatewayError;
+use crate::pipeline::{Reply, RequestCtx};
+use crate::providers::CallContext;
+use crate::state::AppState;
+use crate::streaming::ChunkMeta;
+use crate::telemetry::{self, ModelLabel, RequestTiming};
+
+/// Builds the whole HTTP application (without the outer tower layers of [`crate::server`]).
+pub fn router(state: AppState) -> Router {
+    let server = &state.config().server;
+    let v1 = Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(retrieve_model))
+        .route("/v1/chat/completions", post(create_chat_completion))
+        .route("/v1/completions", post(create_completion))
+        .route("/v1/embeddings", post(create_embedding))
+        .route(
+            "/v1/audio/transcriptions",
+            post(create_transcription).layer(DefaultBodyLimit::max(server.max_audio_body_bytes)),
+        )
+        .route(
+            "/v1/audio/translations",
+            post(create_translation).layer(DefaultBodyLimit::max(server.max_audio_body_bytes)),
+        )
+        .route_layer(from_fn_with_state(state.clone(), auth::require_key));
+    let ops = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics));
+    let docs: Router<AppState> = utoipa_swagger_ui::SwaggerUi::new("/docs")
+        .url("/openapi.json", crate::openapi::spec())
+        .into();
+    Router::new()
+        .merge(v1)
+        .merge(ops)
+        .merge(docs)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(server.max_body_bytes))
+        .layer(from_fn_with_state(state.clone(), telemetry::observe))
+        .with_state(state)
+}
+
+async fn not_found(method: http::Method, uri: http::Uri) -> GatewayError {
+    GatewayError::RouteNotFound {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
+async fn method_not_allowed(method: http::Method) -> GatewayError {
+    GatewayError::MethodNotAllowed(method.to_string())
+}
+
+/// Builds the pipeline context of one request.
+fn request_ctx<'a>(
+    state: &'a AppState,
+    principal: &'a Principal,
+    timing: &'a RequestTiming,
+    headers: &HeaderMap,
+    route: &'static str,
+) -> RequestCtx<'a> {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    RequestCtx {
+        state,
+        principal,
+        timing,
+        call: CallContext { request_id },
+        start: Instant::now(),
+        route,
+    }
+}
+
+/// Renders a pipeline result and labels it with the model alias for metrics.
+fn labelled(alias: &std::sync::Arc<str>, resp: impl IntoResponse) -> Response {
+    let mut resp = resp.into_response();
+    resp.extensions_mut().insert(ModelLabel(alias.clone()));
+    resp
+}
+
+impl<T: Serialize, C: ChunkMeta> IntoResponse for Reply<T, C> {
+    fn into_response(self) -> Response {
+        match self {
+            Reply::Full(body) => axum::Json(body).into_response(),
+            Reply::Stream(stream) => (*stream).into_response(),
+        }
+    }
+}

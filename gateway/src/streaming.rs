@@ -1,0 +1,215 @@
+//! Re-emitting an upstream stream to the client as SSE, chunk by chunk.
+//!
+//! Every chunk gets the alias as its `model`; the usage chunk the gateway always asks
+//! upstreams for is passed on only when the client asked for it; an upstream failure after
+//! the first byte becomes a final `data: {"error": …}` event; a clean end is `data: [DONE]`.
+//! Duration, time to first token and tokens are recorded when the stream ends, including
+//! when the client hangs up (the stream is dropped).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aigw_models::openai::{ChatCompletionChunk, CompletionResponse, Usage};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::providers::ChunkStream;
+use crate::telemetry::{ModelLabel, Streaming};
+
+/// What the streaming layer needs to know about a chunk type.
+pub trait ChunkMeta: Serialize + Send + 'static {
+    /// Replaces the upstream model name with the alias.
+    fn set_model(&mut self, alias: &str);
+    /// The usage carried by this chunk, if any.
+    fn usage(&self) -> Option<&Usage>;
+    /// Removes usage; returns whether anything else is left worth sending.
+    fn strip_usage(&mut self) -> bool;
+    /// Whether this chunk carries generated output (for time to first token).
+    fn has_output(&self) -> bool;
+}
+
+impl ChunkMeta for ChatCompletionChunk {
+    fn set_model(&mut self, alias: &str) {
+        alias.clone_into(&mut self.model);
+    }
+    fn usage(&self) -> Option<&Usage> {
+        self.usage.as_ref()
+    }
+    fn strip_usage(&mut self) -> bool {
+        self.usage = None;
+        !self.choices.is_empty()
+    }
+    fn has_output(&self) -> bool {
+        self.choices.iter().any(|c| {
+            c.delta.content.as_deref().is_some_and(|t| !t.is_empty())
+                || c.delta.tool_calls.is_some()
+                || c.delta.refusal.is_some()
+        })
+    }
+}
+
+impl ChunkMeta for CompletionResponse {
+    fn set_model(&mut self, alias: &str) {
+        alias.clone_into(&mut self.model);
+    }
+    fn usage(&self) -> Option<&Usage> {
+        self.usage.as_ref()
+    }
+    fn strip_usage(&mut self) -> bool {
+        self.usage = None;
+        !self.choices.is_empty()
+    }
+    fn has_output(&self) -> bool {
+        self.choices.iter().any(|c| !c.text.is_empty())
+    }
+}
+
+/// A stream whose first chunk has arrived: the gateway is committed to this provider.
+pub struct Committed<C> {
+    first: C,
+    rest: ChunkStream<C>,
+    meter: StreamMeter,
+    include_usage: bool,
+}
+
+impl<C: ChunkMeta> Committed<C> {
+    /// Wraps the first chunk and the rest of the stream.
+    pub fn new(first: C, rest: ChunkStream<C>, include_usage: bool, meter: StreamMeter) -> Self {
+        Self {
+            first,
+            rest,
+            meter,
+            include_usage,
+        }
+    }
+}
+
+struct EventLoop<C> {
+    chunks: ChunkStream<C>,
+    meter: StreamMeter,
+    include_usage: bool,
+    done: bool,
+}
+
+impl<C: ChunkMeta> EventLoop<C> {
+    async fn next_event(&mut self) -> Option<Event> {
+        while !self.done {
+            match self.chunks.next().await {
+                Some(Ok(mut chunk)) => {
+                    self.meter.observe(&chunk);
+                    chunk.set_model(&self.meter.alias);
+                    if !self.include_usage && chunk.usage().is_some() && !chunk.strip_usage() {
+                        continue;
+                    }
+                    return Some(json_event(&chunk));
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    let err = GatewayError::from(e);
+                    tracing::warn!(error = %err, model = %self.meter.alias, "stream failed after it started");
+                    self.meter
+                        .metrics
+                        .errors
+                        .with_label_values(&[self.meter.route, err.error_type()])
+                        .inc();
+                    return Some(Event::default().data(err.to_sse_data()));
+                }
+                None => {
+                    self.done = true;
+                    return Some(Event::default().data("[DONE]"));
+                }
+            }
+        }
+        None
+    }
+}
+
+fn json_event<C: Serialize>(chunk: &C) -> Event {
+    match serde_json::to_string(chunk) {
+        Ok(json) => Event::default().data(json),
+        Err(e) => Event::default().data(GatewayError::Internal(e.to_string()).to_sse_data()),
+    }
+}
+
+impl<C: ChunkMeta> IntoResponse for Committed<C> {
+    fn into_response(self) -> Response {
+        let alias = Arc::clone(&self.meter.alias);
+        let chunks = futures::stream::once(std::future::ready(Ok(self.first)))
+            .chain(self.rest)
+            .boxed();
+        let state = EventLoop {
+            chunks,
+            meter: self.meter,
+            include_usage: self.include_usage,
+            done: false,
+        };
+        let events = futures::stream::unfold(state, |mut st| async move {
+            let event = st.next_event().await?;
+            Some((Ok::<_, Infallible>(event), st))
+        });
+        let mut resp = Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response();
+        resp.headers_mut()
+            .insert("x-accel-buffering", http::HeaderValue::from_static("no"));
+        resp.extensions_mut().insert(ModelLabel(alias));
+        resp.extensions_mut().insert(Streaming);
+        resp
+    }
+}
+
+/// Records a stream's duration, time to first token and tokens once it ends or is dropped.
+pub struct StreamMeter {
+    alias: Arc<str>,
+    route: &'static str,
+    metrics: Metrics,
+    start: Instant,
+    first_output: bool,
+    usage: Option<Usage>,
+}
+
+impl StreamMeter {
+    /// Starts metering a stream for `alias` on `route`, timed from `start`.
+    pub fn new(alias: Arc<str>, route: &'static str, metrics: Metrics, start: Instant) -> Self {
+        Self {
+            alias,
+            route,
+            metrics,
+            start,
+            first_output: false,
+            usage: None,
+        }
+    }
+
+    fn observe<C: ChunkMeta>(&mut self, chunk: &C) {
+        if !self.first_output && chunk.has_output() {
+            self.first_output = true;
+            self.metrics
+                .time_to_first_token
+                .with_label_values(&[&*self.alias])
+                .observe(self.start.elapsed().as_secs_f64());
+        }
+        if let Some(u) = chunk.usage() {
+            self.usage = Some(u.clone());
+        }
+    }
+}
+
+impl Drop for StreamMeter {
+    fn drop(&mut self) {
+        self.metrics
+            .request_duration
+            .with_label_values(&[self.route, &*self.alias])
+            .observe(self.start.elapsed().as_secs_f64());
+        self.metrics.in_flight.dec();
+        if let Some(u) = &self.usage {
+            self.metrics
+                .record_tokens(&self.alias, u.prompt_tokens, u.completion_tokens);
+        }
+    }
+}
