@@ -1,6 +1,9 @@
 //! The `aigw` command: `serve` and `config check`.
 
-#![allow(clippy::print_stdout, reason = "the command line reports results on stdout")]
+#![allow(
+    clippy::print_stdout,
+    reason = "the command line reports results on stdout"
+)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

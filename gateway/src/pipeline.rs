@@ -9,13 +9,17 @@ use std::time::Instant;
 
 use aigw_models::openai::{
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
-    CompletionResponse, EmbeddingRequest, EmbeddingResponse, EmbeddingVector, InvalidParam,
+    CompletionResponse, EmbeddingRequest, EmbeddingResponse, EmbeddingVector, InvalidParam, Usage,
 };
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use serde::Serialize;
 
 use crate::auth::Principal;
 use crate::error::GatewayError;
-use crate::providers::{AudioRequest, AudioResponse, CallContext, ChunkStream};
+use crate::providers::{
+    AudioRequest, AudioResponse, CallContext, ChunkStream, Provider, ProviderError,
+};
 use crate::routing::Route;
 use crate::state::AppState;
 use crate::streaming::{ChunkMeta, Committed, StreamMeter};
@@ -49,49 +53,126 @@ fn invalid(e: InvalidParam) -> GatewayError {
     GatewayError::bad_request(e.message, Some(e.param))
 }
 
-/// `POST /v1/chat/completions`.
-pub async fn chat(
-    ctx: &RequestCtx<'_>,
-    route: &Route,
-    mut req: ChatCompletionRequest,
-) -> Result<Reply<ChatCompletionResponse, ChatCompletionChunk>, GatewayError> {
-    req.validate().map_err(invalid)?;
-    req.model.clone_from(&route.upstream_model);
-    if req.is_stream() {
-        let include_usage = req.wants_stream_usage();
-        let stream = timed(ctx, route, route.provider.chat_stream(req, &ctx.call)).await?;
-        return commit(ctx, route, stream, include_usage)
-            .await
-            .map(|c| Reply::Stream(Box::new(c)));
-    }
-    let mut resp = timed(ctx, route, route.provider.chat(req, &ctx.call)).await?;
-    resp.model = route.alias.to_string();
-    if let Some(u) = &resp.usage {
-        ctx.state
-            .metrics()
-            .record_tokens(&route.alias, u.prompt_tokens, u.completion_tokens);
-    }
-    Ok(Reply::Full(resp))
+/// A request that generates text (chat or legacy completion): what the pipeline needs to
+/// know to run either through the same steps.
+pub trait Generation: Sized + Send + 'static {
+    /// The whole answer.
+    type Full: Serialize + Send;
+    /// One stream chunk.
+    type Chunk: ChunkMeta;
+
+    /// The requested alias.
+    fn model(&self) -> &str;
+    /// Checks the semantic rules the types do not enforce.
+    fn validate(&self) -> Result<(), InvalidParam>;
+    /// Points the request at the provider's own model name.
+    fn set_model(&mut self, upstream_model: &str);
+    /// `None` for a plain request; for a stream, whether the client wants a usage chunk.
+    fn stream_usage(&self) -> Option<bool>;
+    /// Names the alias in the answer and returns its usage.
+    fn relabel<'a>(full: &'a mut Self::Full, alias: &str) -> Option<&'a Usage>;
+    /// Calls the provider for the whole answer.
+    fn call<'a>(
+        provider: &'a dyn Provider,
+        req: Self,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Self::Full, ProviderError>>;
+    /// Calls the provider for a stream.
+    fn call_stream<'a>(
+        provider: &'a dyn Provider,
+        req: Self,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<ChunkStream<Self::Chunk>, ProviderError>>;
 }
 
-/// `POST /v1/completions`.
-pub async fn completion(
+impl Generation for ChatCompletionRequest {
+    type Full = ChatCompletionResponse;
+    type Chunk = ChatCompletionChunk;
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn validate(&self) -> Result<(), InvalidParam> {
+        ChatCompletionRequest::validate(self)
+    }
+    fn set_model(&mut self, upstream_model: &str) {
+        upstream_model.clone_into(&mut self.model);
+    }
+    fn stream_usage(&self) -> Option<bool> {
+        self.is_stream().then(|| self.wants_stream_usage())
+    }
+    fn relabel<'a>(full: &'a mut Self::Full, alias: &str) -> Option<&'a Usage> {
+        alias.clone_into(&mut full.model);
+        full.usage.as_ref()
+    }
+    fn call<'a>(
+        provider: &'a dyn Provider,
+        req: Self,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Self::Full, ProviderError>> {
+        provider.chat(req, ctx)
+    }
+    fn call_stream<'a>(
+        provider: &'a dyn Provider,
+        req: Self,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<ChunkStream<Self::Chunk>, ProviderError>> {
+        provider.chat_stream(req, ctx)
+    }
+}
+
+impl Generation for CompletionRequest {
+    type Full = CompletionResponse;
+    type Chunk = CompletionResponse;
+
+    fn model(&self) -> &str {
+        &self.model
+    }
+    fn validate(&self) -> Result<(), InvalidParam> {
+        CompletionRequest::validate(self)
+    }
+    fn set_model(&mut self, upstream_model: &str) {
+        upstream_model.clone_into(&mut self.model);
+    }
+    fn stream_usage(&self) -> Option<bool> {
+        self.is_stream().then(|| self.wants_stream_usage())
+    }
+    fn relabel<'a>(full: &'a mut Self::Full, alias: &str) -> Option<&'a Usage> {
+        alias.clone_into(&mut full.model);
+        full.usage.as_ref()
+    }
+    fn call<'a>(
+        provider: &'a dyn Provider,
+        req: Self,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<Self::Full, ProviderError>> {
+        provider.completion(req, ctx)
+    }
+    fn call_stream<'a>(
+        provider: &'a dyn Provider,
+        req: Self,
+        ctx: &'a CallContext,
+    ) -> BoxFuture<'a, Result<ChunkStream<Self::Chunk>, ProviderError>> {
+        provider.completion_stream(req, ctx)
+    }
+}
+
+/// `POST /v1/chat/completions` and `POST /v1/completions`.
+pub async fn generate<G: Generation>(
     ctx: &RequestCtx<'_>,
     route: &Route,
-    mut req: CompletionRequest,
-) -> Result<Reply<CompletionResponse, CompletionResponse>, GatewayError> {
+    mut req: G,
+) -> Result<Reply<G::Full, G::Chunk>, GatewayError> {
     req.validate().map_err(invalid)?;
-    req.model.clone_from(&route.upstream_model);
-    if req.is_stream() {
-        let include_usage = req.wants_stream_usage();
-        let stream = timed(ctx, route, route.provider.completion_stream(req, &ctx.call)).await?;
-        return commit(ctx, route, stream, include_usage)
-            .await
-            .map(|c| Reply::Stream(Box::new(c)));
+    req.set_model(&route.upstream_model);
+    let provider = &*route.provider;
+    if let Some(include_usage) = req.stream_usage() {
+        let stream = timed(ctx, route, G::call_stream(provider, req, &ctx.call)).await?;
+        let committed = commit(ctx, route, stream, include_usage).await?;
+        return Ok(Reply::Stream(Box::new(committed)));
     }
-    let mut resp = timed(ctx, route, route.provider.completion(req, &ctx.call)).await?;
-    resp.model = route.alias.to_string();
-    if let Some(u) = &resp.usage {
+    let mut resp = timed(ctx, route, G::call(provider, req, &ctx.call)).await?;
+    if let Some(u) = G::relabel(&mut resp, &route.alias) {
         ctx.state
             .metrics()
             .record_tokens(&route.alias, u.prompt_tokens, u.completion_tokens);
@@ -114,7 +195,7 @@ pub async fn embeddings(
     for item in &mut resp.data {
         let vector = std::mem::replace(&mut item.embedding, EmbeddingVector::Float(Vec::new()));
         item.embedding = vector.into_format(format).map_err(|e| {
-            GatewayError::Provider(crate::providers::ProviderError::InvalidResponse(format!(
+            GatewayError::Provider(ProviderError::InvalidResponse(format!(
                 "embedding {} is not valid base64: {e}",
                 item.index
             )))
@@ -146,7 +227,7 @@ pub async fn audio(
 async fn timed<T>(
     ctx: &RequestCtx<'_>,
     route: &Route,
-    call: impl Future<Output = Result<T, crate::providers::ProviderError>>,
+    call: impl Future<Output = Result<T, ProviderError>>,
 ) -> Result<T, GatewayError> {
     let t0 = Instant::now();
     let result = call.await;
@@ -171,11 +252,9 @@ async fn commit<C: ChunkMeta>(
     let first = stream.next().await;
     ctx.timing.add_upstream(t0.elapsed());
     match first {
-        None => Err(GatewayError::Provider(
-            crate::providers::ProviderError::InvalidResponse(
-                "the stream ended before its first chunk".into(),
-            ),
-        )),
+        None => Err(GatewayError::Provider(ProviderError::InvalidResponse(
+            "the stream ended before its first chunk".into(),
+        ))),
         Some(Err(e)) => Err(e.into()),
         Some(Ok(first)) => Ok(Committed::new(
             first,

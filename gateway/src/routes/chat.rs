@@ -3,14 +3,12 @@
 use aigw_models::openai::{ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse};
 use axum::Extension;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::HeaderMap;
 
-use super::{labelled, request_ctx};
 use crate::auth::Principal;
 use crate::extract::OpenAiJson;
 use crate::openapi::ApiErrors;
-use crate::pipeline;
 use crate::state::AppState;
 use crate::telemetry::RequestTiming;
 
@@ -37,16 +35,13 @@ pub async fn create_chat_completion(
     headers: HeaderMap,
     OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
 ) -> Response {
-    let ctx = request_ctx(
+    super::generate(
         &state,
         &principal,
         &timing,
         &headers,
+        req,
         "/v1/chat/completions",
-    );
-    let route = match state.routes().resolve(&principal, &req.model) {
-        Ok(route) => route,
-        Err(e) => return e.into_response(),
-    };
-    labelled(&route.alias, pipeline::chat(&ctx, route, req).await)
+    )
+    .await
 }

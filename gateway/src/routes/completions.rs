@@ -3,14 +3,12 @@
 use aigw_models::openai::{CompletionRequest, CompletionResponse};
 use axum::Extension;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::HeaderMap;
 
-use super::{labelled, request_ctx};
 use crate::auth::Principal;
 use crate::extract::OpenAiJson;
 use crate::openapi::ApiErrors;
-use crate::pipeline;
 use crate::state::AppState;
 use crate::telemetry::RequestTiming;
 
@@ -37,10 +35,13 @@ pub async fn create_completion(
     headers: HeaderMap,
     OpenAiJson(req): OpenAiJson<CompletionRequest>,
 ) -> Response {
-    let ctx = request_ctx(&state, &principal, &timing, &headers, "/v1/completions");
-    let route = match state.routes().resolve(&principal, &req.model) {
-        Ok(route) => route,
-        Err(e) => return e.into_response(),
-    };
-    labelled(&route.alias, pipeline::completion(&ctx, route, req).await)
+    super::generate(
+        &state,
+        &principal,
+        &timing,
+        &headers,
+        req,
+        "/v1/completions",
+    )
+    .await
 }

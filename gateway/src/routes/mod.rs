@@ -28,7 +28,7 @@ pub use ops::{health, metrics, ready};
 
 use crate::auth::{self, Principal};
 use crate::error::GatewayError;
-use crate::pipeline::{Reply, RequestCtx};
+use crate::pipeline::{self, Generation, Reply, RequestCtx};
 use crate::providers::CallContext;
 use crate::state::AppState;
 use crate::streaming::ChunkMeta;
@@ -101,6 +101,23 @@ fn request_ctx<'a>(
         start: Instant::now(),
         route,
     }
+}
+
+/// The body of the chat and completion handlers: resolve the alias, run the pipeline.
+async fn generate<G: Generation>(
+    state: &AppState,
+    principal: &Principal,
+    timing: &RequestTiming,
+    headers: &HeaderMap,
+    req: G,
+    route_name: &'static str,
+) -> Response {
+    let ctx = request_ctx(state, principal, timing, headers, route_name);
+    let route = match state.routes().resolve(principal, req.model()) {
+        Ok(route) => route,
+        Err(e) => return e.into_response(),
+    };
+    labelled(&route.alias, pipeline::generate(&ctx, route, req).await)
 }
 
 /// Renders a pipeline result and labels it with the model alias for metrics.

@@ -269,3 +269,32 @@ async fn error_after_the_stream_started_is_a_final_error_event() {
     assert!(!events.iter().any(|e| e == "[DONE]"));
     assert!(events.len() >= 3, "content chunks came before the error");
 }
+
+#[tokio::test]
+async fn client_hanging_up_mid_stream_settles_the_request() {
+    use futures::StreamExt;
+    let gw = Gateway::start().await;
+    let mut body = chat_body(
+        "slowstream",
+        "a long story that the client will not wait for",
+    );
+    body["stream"] = json!(true);
+    let resp = gw.post("/v1/chat/completions", &body).await;
+    let mut bytes = resp.bytes_stream();
+    assert!(bytes.next().await.is_some(), "the stream started");
+    drop(bytes);
+    // The gateway notices the hang-up, drops the upstream stream and records the request.
+    let settled =
+        r#"aigw_request_duration_seconds_count{model="slowstream",route="/v1/chat/completions"} 1"#;
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = gw.get("/metrics").await.text().await.unwrap();
+        if metrics.contains(settled) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(metrics.contains(settled), "{metrics}");
+    // Only the /metrics request itself is in flight.
+    assert!(metrics.contains("aigw_requests_in_flight 1\n"), "{metrics}");
+}

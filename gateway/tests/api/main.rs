@@ -1,13 +1,19 @@
 //! End-to-end tests of the HTTP surface: the real server on port 0 in front of a scripted
 //! mock upstream (`mock.rs`), driven over real sockets.
 
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, reason = "test harness")]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test harness"
+)]
 
 mod chat;
 mod errors;
 mod mock;
 mod other;
 mod sdk;
+mod tools;
 
 use std::time::Duration;
 

@@ -250,3 +250,46 @@ async fn shutdown_lets_a_running_stream_finish() {
     assert_eq!(text, "echo: a long tale of the old kingdom");
     gw.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn swagger_ui_renders_the_spec_in_a_real_browser() {
+    let Some(chromium) = crate::tools::locate("AIGW_TEST_CHROMIUM") else {
+        return;
+    };
+    let gw = Gateway::start().await;
+    let profile = std::env::temp_dir().join(format!("aigw-chromium-{}", std::process::id()));
+    let out = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("{}/docs/", gw.url))
+        .output()
+        .await
+        .expect("run chromium");
+    std::fs::remove_dir_all(&profile).ok();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // Swagger UI's scripts ran (offline: every asset is served by the gateway) and rendered
+    // an operation block for each endpoint of the document they fetched from /openapi.json.
+    assert!(
+        dom.contains("opblock"),
+        "Swagger UI did not render:\n{}",
+        &dom[..dom.len().min(2000)]
+    );
+    for path in [
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/audio/transcriptions",
+    ] {
+        assert!(dom.contains(path), "{path} missing from the rendered page");
+    }
+}
