@@ -279,9 +279,13 @@ async fn client_hanging_up_mid_stream_settles_the_request() {
         "a long story that the client will not wait for",
     );
     body["stream"] = json!(true);
+    let t0 = std::time::Instant::now();
     let resp = gw.post("/v1/chat/completions", &body).await;
     let mut bytes = resp.bytes_stream();
     assert!(bytes.next().await.is_some(), "the stream started");
+    // The upstream paces its 12 events 150 ms apart: chunks are re-emitted as they arrive,
+    // not after the upstream has finished.
+    assert!(t0.elapsed() < std::time::Duration::from_millis(1000), "{:?}", t0.elapsed());
     drop(bytes);
     // The gateway notices the hang-up, drops the upstream stream and records the request.
     let settled =
