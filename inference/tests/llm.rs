@@ -1,0 +1,259 @@
+//! The chat engine on the real SmolLM2-135M-Instruct weights (`aigw models fetch --default`).
+//! Without them each test prints "skipping: …" and passes, unless `AIGW_REQUIRE_MODELS=1`.
+
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests"
+)]
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use aigw_inference::llm::engine::{EngineConfig, Finish, GenEvent, GenerationRequest, LlmEngine};
+use aigw_inference::llm::load::load_gguf;
+use aigw_inference::llm::sampling::SamplingParams;
+use aigw_inference::llm::text::IncrementalDecoder;
+use aigw_models::openai::{ChatMessage, Role};
+
+fn model_path() -> PathBuf {
+    let dir = std::env::var_os("AIGW_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(aigw_models::store::model_dir);
+    dir.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// One engine shared by the tests of this binary (loading takes a second).
+fn engine() -> Option<Arc<LlmEngine>> {
+    static ENGINE: OnceLock<Option<Arc<LlmEngine>>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let path = model_path();
+            if !path.exists() {
+                assert!(
+                    std::env::var("AIGW_REQUIRE_MODELS").is_err(),
+                    "AIGW_REQUIRE_MODELS is set but {} is missing",
+                    path.display()
+                );
+                eprintln!(
+                    "skipping: {} missing (run `aigw models fetch --default`)",
+                    path.display()
+                );
+                return None;
+            }
+            let loaded = load_gguf(&path, &candle_core::Device::Cpu).unwrap();
+            Some(Arc::new(
+                LlmEngine::start(loaded, EngineConfig::default()).unwrap(),
+            ))
+        })
+        .clone()
+}
+
+fn prompt(engine: &LlmEngine, question: &str) -> Vec<u32> {
+    let text = engine
+        .codec()
+        .render_chat(&[ChatMessage::text(Role::User, question)], None)
+        .unwrap();
+    engine.codec().encode_prompt(&text).unwrap()
+}
+
+struct Output {
+    text: String,
+    deltas: Vec<String>,
+    reason: Finish,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+async fn run(engine: &LlmEngine, req: GenerationRequest) -> Output {
+    let mut rx = engine.submit(req).unwrap();
+    let mut deltas = Vec::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            GenEvent::Delta(t) => deltas.push(t),
+            GenEvent::Finished {
+                reason,
+                prompt_tokens,
+                completion_tokens,
+            } => {
+                return Output {
+                    text: deltas.concat(),
+                    deltas,
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                };
+            }
+            GenEvent::Failed(e) => panic!("engine failed: {e}"),
+        }
+    }
+    panic!("no Finished event")
+}
+
+fn greedy(prompt: Vec<u32>, max_tokens: u32) -> GenerationRequest {
+    GenerationRequest {
+        prompt,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        max_tokens: Some(max_tokens),
+        stop: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn greedy_answer_is_stable_and_sensible() {
+    let Some(engine) = engine() else { return };
+    let p = prompt(&engine, "Which city is the capital of France?");
+    let a = run(&engine, greedy(p.clone(), 40)).await;
+    let b = run(&engine, greedy(p.clone(), 40)).await;
+    assert!(a.text.contains("Paris"), "{:?}", a.text);
+    assert!(
+        a.deltas.len() > 3,
+        "streamed piece by piece: {:?}",
+        a.deltas
+    );
+    assert_eq!(a.text, b.text);
+    assert_eq!(a.reason, Finish::Stop, "ends with the end-of-turn token");
+    // Usage: the prompt is exactly what the tokenizer made of the rendered template, and the
+    // completion re-tokenises to the count the engine reports.
+    assert_eq!(a.prompt_tokens, p.len() as u64);
+    let retokenised = engine.codec().encode_prompt(&a.text).unwrap();
+    assert_eq!(
+        a.completion_tokens,
+        retokenised.len() as u64,
+        "{:?}",
+        a.text
+    );
+}
+
+#[tokio::test]
+async fn seeded_sampling_is_reproducible() {
+    let Some(engine) = engine() else { return };
+    let p = prompt(&engine, "Invent a name for a tavern.");
+    let sampled = |seed| GenerationRequest {
+        prompt: p.clone(),
+        sampling: SamplingParams {
+            temperature: 1.0,
+            top_p: 0.95,
+            seed: Some(seed),
+            ..Default::default()
+        },
+        max_tokens: Some(24),
+        stop: Vec::new(),
+    };
+    let a = run(&engine, sampled(7)).await;
+    let b = run(&engine, sampled(7)).await;
+    assert_eq!(a.text, b.text, "same seed, same text");
+    let mut differs = false;
+    for seed in [8, 9, 10] {
+        differs |= run(&engine, sampled(seed)).await.text != a.text;
+    }
+    assert!(differs, "other seeds give other texts");
+}
+
+#[tokio::test]
+async fn max_tokens_and_stop_sequences() {
+    let Some(engine) = engine() else { return };
+    let p = prompt(&engine, "Tell me a long story about a dragon.");
+    let out = run(&engine, greedy(p.clone(), 5)).await;
+    assert_eq!(out.reason, Finish::Length);
+    assert_eq!(out.completion_tokens, 5);
+
+    let full = run(&engine, greedy(p.clone(), 48)).await;
+    // Stop at the first occurrence of a word the greedy text contains, mid-way.
+    let word = full.text.split_whitespace().nth(6).unwrap().to_string();
+    let mut req = greedy(p, 48);
+    req.stop = vec![word.clone()];
+    let stopped = run(&engine, req).await;
+    assert_eq!(stopped.reason, Finish::Stop);
+    assert!(
+        !stopped.text.contains(&word),
+        "{:?} still has {word:?}",
+        stopped.text
+    );
+    assert!(
+        full.text.starts_with(&stopped.text),
+        "{:?} vs {:?}",
+        stopped.text,
+        full.text
+    );
+    assert_eq!(stopped.text.len(), full.text.find(&word).unwrap());
+}
+
+#[tokio::test]
+async fn concurrent_sequences_share_batches_and_match_solo_runs() {
+    let Some(engine) = engine() else { return };
+    let questions = [
+        "What is 2 + 2?",
+        "Name a color.",
+        "What is the capital of Italy?",
+        "Say hello.",
+        "What do cows drink?",
+        "Name a planet.",
+        "What is ice made of?",
+        "Count to three.",
+    ];
+    let mut solo = Vec::new();
+    for q in questions {
+        solo.push(run(&engine, greedy(prompt(&engine, q), 20)).await.text);
+    }
+    let steps0 = engine.stats().steps.load(Ordering::Relaxed);
+    let seqs0 = engine.stats().batched_sequences.load(Ordering::Relaxed);
+    let together = futures::future::join_all(
+        questions
+            .iter()
+            .map(|q| run(&engine, greedy(prompt(&engine, q), 20))),
+    )
+    .await;
+    for (i, out) in together.iter().enumerate() {
+        assert_eq!(
+            out.text, solo[i],
+            "question {i} answered alike alone and in a batch"
+        );
+    }
+    let steps = engine.stats().steps.load(Ordering::Relaxed) - steps0;
+    let seqs = engine.stats().batched_sequences.load(Ordering::Relaxed) - seqs0;
+    assert!(
+        seqs as f64 / steps as f64 > 3.0,
+        "mean batch {:.1} over {steps} steps",
+        seqs as f64 / steps as f64
+    );
+}
+
+#[test]
+fn incremental_decoding_never_splits_characters() {
+    let Some(engine) = engine() else { return };
+    let text = "naïve café — 日本語 🐉 Ærøskøbing";
+    let ids = engine.codec().encode_prompt(text).unwrap();
+    let mut decoder = IncrementalDecoder::default();
+    let mut out = String::new();
+    for id in ids {
+        let delta = decoder.push(engine.codec(), id).unwrap();
+        assert!(!delta.contains('\u{FFFD}'), "{delta:?}");
+        out.push_str(&delta);
+    }
+    assert_eq!(out, text);
+}
+
+#[tokio::test]
+async fn dropping_the_receiver_cancels_the_sequence() {
+    let Some(engine) = engine() else { return };
+    let rx = engine
+        .submit(greedy(prompt(&engine, "Write a very long essay."), 4000))
+        .unwrap();
+    drop(rx);
+    // The engine notices at its next step and the sequence leaves the batch.
+    for _ in 0..200 {
+        if engine.stats().active.load(Ordering::Relaxed) == 0
+            && engine.stats().queued.load(Ordering::Relaxed) == 0
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the abandoned sequence kept running");
+}
