@@ -62,6 +62,29 @@ pub struct RawConfig {
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     models: Vec<RawModel>,
+    local: Option<RawLocal>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocal {
+    device: Option<String>,
+    model_dir: Option<String>,
+    max_batch: Option<usize>,
+    max_queue: Option<usize>,
+    prefill_chunk: Option<usize>,
+    embedding_concurrency: Option<usize>,
+    #[serde(default)]
+    models: Vec<RawLocalModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocalModel {
+    name: String,
+    model: Option<String>,
+    path: Option<String>,
+    kind: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,8 +156,81 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     /// Model aliases served.
     pub models: Vec<ModelConfig>,
+    /// Models served in-process.
+    pub local: LocalConfig,
     /// Env vars the file references that are not set (fatal for `serve`).
     pub missing_env: Vec<String>,
+}
+
+/// Where local engines run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// The CPU.
+    Cpu,
+    /// An NVIDIA GPU by ordinal (needs the `cuda` build).
+    Cuda(usize),
+}
+
+/// In-process models and their engines.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Where the engines run.
+    pub device: DeviceSpec,
+    /// Model directory (default `AIGW_MODEL_DIR` or the user's cache dir).
+    pub model_dir: Option<std::path::PathBuf>,
+    /// Most sequences a chat engine decodes together.
+    pub max_batch: usize,
+    /// Most requests waiting for a chat engine before 429s.
+    pub max_queue: usize,
+    /// Most prompt tokens prefilled per engine step.
+    pub prefill_chunk: usize,
+    /// Embedding batches encoding at once per model.
+    pub embedding_concurrency: usize,
+    /// The models.
+    pub models: Vec<LocalModelConfig>,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        Self {
+            device: DeviceSpec::Cpu,
+            model_dir: None,
+            max_batch: 64,
+            max_queue: 256,
+            prefill_chunk: 512,
+            embedding_concurrency: 1,
+            models: Vec::new(),
+        }
+    }
+}
+
+/// What a local model does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalKind {
+    /// Chat and text completions.
+    Chat,
+    /// Embeddings.
+    Embedding,
+}
+
+/// Where a local model's weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalSource {
+    /// A catalog id, fetched by `aigw models fetch`.
+    Catalog(String),
+    /// A GGUF file or a model directory mounted by the operator.
+    Path(std::path::PathBuf),
+}
+
+/// One in-process model.
+#[derive(Debug, Clone)]
+pub struct LocalModelConfig {
+    /// The alias clients use.
+    pub alias: String,
+    /// Where its weights are.
+    pub source: LocalSource,
+    /// Chat or embedding.
+    pub kind: LocalKind,
 }
 
 /// HTTP server settings.
@@ -237,15 +333,37 @@ impl Config {
         Self::from_raw(raw, env)
     }
 
-    /// The embedded default: no file, nothing configured.
-    pub fn embedded_default() -> Self {
+    /// Nothing configured at all: no models, no keys.
+    pub fn empty() -> Self {
         Self {
             server: ServerConfig::default(),
             keys: Vec::new(),
             providers: Vec::new(),
             models: Vec::new(),
+            local: LocalConfig::default(),
             missing_env: Vec::new(),
         }
+    }
+
+    /// The embedded default: the catalog's default chat and embedding models, in-process.
+    pub fn embedded_default() -> Self {
+        let mut config = Self::empty();
+        config.local.models = aigw_models::catalog::Catalog::builtin()
+            .defaults()
+            .filter_map(|entry| {
+                let kind = match entry.kind {
+                    aigw_models::catalog::ModelKind::Chat => LocalKind::Chat,
+                    aigw_models::catalog::ModelKind::Embedding => LocalKind::Embedding,
+                    _ => return None,
+                };
+                Some(LocalModelConfig {
+                    alias: entry.id.clone(),
+                    source: LocalSource::Catalog(entry.id.clone()),
+                    kind,
+                })
+            })
+            .collect();
+        config
     }
 
     fn from_raw(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
@@ -360,6 +478,7 @@ impl Config {
                 provider: m.provider,
             });
         }
+        let local = local_config(raw.local.unwrap_or_default(), &mut aliases)?;
         for (i, k) in keys.iter().enumerate() {
             for (j, model) in k.models.iter().flatten().enumerate() {
                 if !aliases.contains(model) {
@@ -376,9 +495,103 @@ impl Config {
             keys,
             providers,
             models,
+            local,
             missing_env,
         })
     }
+}
+
+fn local_config(raw: RawLocal, aliases: &mut HashSet<String>) -> Result<LocalConfig, ConfigError> {
+    let defaults = LocalConfig::default();
+    let device = match raw.device.as_deref().unwrap_or("cpu") {
+        "cpu" => DeviceSpec::Cpu,
+        "cuda" => DeviceSpec::Cuda(0),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => DeviceSpec::Cuda(n),
+            None => {
+                return Err(invalid(
+                    "local.device",
+                    format!("'{other}' is not cpu, cuda or cuda:N"),
+                ));
+            }
+        },
+    };
+    let mut models = Vec::new();
+    for (i, m) in raw.models.into_iter().enumerate() {
+        let path = format!("local.models[{i}]");
+        if !aliases.insert(m.name.clone()) {
+            return Err(invalid(
+                format!("{path}.name"),
+                format!("duplicate model name '{}'", m.name),
+            ));
+        }
+        let catalog_entry = m.model.as_deref().map(|id| {
+            aigw_models::catalog::lookup(id).ok_or_else(|| {
+                let known: Vec<&str> = aigw_models::catalog::Catalog::builtin().ids().collect();
+                invalid(
+                    format!("{path}.model"),
+                    format!("no catalog model '{id}' (known: {})", known.join(", ")),
+                )
+            })
+        });
+        let (source, catalog_kind) = match (catalog_entry, m.path) {
+            (Some(entry), None) => {
+                let entry = entry?;
+                (LocalSource::Catalog(entry.id.clone()), Some(entry.kind))
+            }
+            (None, Some(p)) => (LocalSource::Path(p.into()), None),
+            _ => {
+                return Err(invalid(
+                    path,
+                    "set exactly one of `model` (a catalog id) or `path` (a GGUF file or model directory)",
+                ));
+            }
+        };
+        let kind = match (m.kind.as_deref(), catalog_kind) {
+            (Some("chat"), _) => LocalKind::Chat,
+            (Some("embedding"), _) => LocalKind::Embedding,
+            (Some(other), _) => {
+                return Err(invalid(
+                    format!("{path}.kind"),
+                    format!("'{other}' is not chat or embedding"),
+                ));
+            }
+            (None, Some(aigw_models::catalog::ModelKind::Chat)) => LocalKind::Chat,
+            (None, Some(aigw_models::catalog::ModelKind::Embedding)) => LocalKind::Embedding,
+            (None, Some(other)) => {
+                return Err(invalid(
+                    format!("{path}.model"),
+                    format!(
+                        "catalog model of kind {} cannot be served here",
+                        other.as_str()
+                    ),
+                ));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    format!("{path}.kind"),
+                    "required with `path`: chat or embedding",
+                ));
+            }
+        };
+        models.push(LocalModelConfig {
+            alias: m.name,
+            source,
+            kind,
+        });
+    }
+    Ok(LocalConfig {
+        device,
+        model_dir: raw.model_dir.map(Into::into),
+        max_batch: raw.max_batch.unwrap_or(defaults.max_batch).max(1),
+        max_queue: raw.max_queue.unwrap_or(defaults.max_queue).max(1),
+        prefill_chunk: raw.prefill_chunk.unwrap_or(defaults.prefill_chunk).max(16),
+        embedding_concurrency: raw
+            .embedding_concurrency
+            .unwrap_or(defaults.embedding_concurrency)
+            .max(1),
+        models,
+    })
 }
 
 /// Parses TOML into the raw shape, reporting the path of an unknown or mistyped key.

@@ -75,7 +75,11 @@ impl GatewayError {
                 ProviderError::Connect(_)
                 | ProviderError::InvalidResponse(_)
                 | ProviderError::Transport(_) => StatusCode::BAD_GATEWAY,
-                ProviderError::Unsupported(_) => StatusCode::BAD_REQUEST,
+                ProviderError::Unsupported(_) | ProviderError::Rejected { .. } => {
+                    StatusCode::BAD_REQUEST
+                }
+                ProviderError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+                ProviderError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 ProviderError::Status { status, .. } if status.is_client_error() => *status,
                 ProviderError::Status { .. } => StatusCode::BAD_GATEWAY,
             },
@@ -100,6 +104,9 @@ impl GatewayError {
                 ProviderError::InvalidResponse(_) => "upstream_invalid",
                 ProviderError::Transport(_) => "upstream_transport",
                 ProviderError::Unsupported(_) => "unsupported",
+                ProviderError::Rejected { .. } => "rejected",
+                ProviderError::Overloaded(_) => "overloaded",
+                ProviderError::Engine(_) => "engine",
             },
         }
     }
@@ -146,6 +153,13 @@ impl GatewayError {
                     None,
                 );
             }
+            Self::Provider(ProviderError::Rejected { param, code, .. }) => {
+                ("invalid_request_error", param.clone(), Some(*code))
+            }
+            Self::Provider(ProviderError::Overloaded(_)) => {
+                ("rate_limit_error", None, Some("engine_overloaded"))
+            }
+            Self::Provider(ProviderError::Engine(_)) => ("api_error", None, Some("engine_error")),
             Self::Provider(ProviderError::Timeout) => ("api_error", None, Some("upstream_timeout")),
             Self::Provider(_) => ("api_error", None, Some("upstream_error")),
         };
@@ -159,7 +173,14 @@ impl GatewayError {
             Self::Provider(ProviderError::Status { status, .. }) => {
                 format!("The upstream provider failed (HTTP {}).", status.as_u16())
             }
-            Self::Provider(ProviderError::Unsupported(_)) => self.to_string(),
+            Self::Provider(
+                ProviderError::Unsupported(_)
+                | ProviderError::Rejected { .. }
+                | ProviderError::Overloaded(_),
+            ) => self.to_string(),
+            Self::Provider(ProviderError::Engine(_)) => {
+                "The local model failed while processing your request.".to_string()
+            }
             Self::Provider(_) => {
                 "The upstream provider could not be reached or answered invalidly.".to_string()
             }
@@ -187,6 +208,7 @@ impl IntoResponse for GatewayError {
                 retry_after: Some(d),
                 ..
             }) => Some(d.as_secs()),
+            Self::Provider(ProviderError::Overloaded(_)) => Some(1),
             _ => None,
         };
         let mut resp = (status, axum::Json(self.to_body())).into_response();

@@ -6,19 +6,22 @@
 //!   thin handlers; [`extract`]: extractors that fail OpenAI-style.
 //! - [`auth`]: API keys → principals.
 //! - [`pipeline`]: the request flow, top to bottom; [`streaming`]: SSE re-emission.
-//! - [`routing`]: model aliases → providers; [`providers`]: the provider trait and the
-//!   OpenAI-compatible upstream.
+//! - [`routing`]: model aliases → providers; [`providers`]: the provider trait, the
+//!   OpenAI-compatible upstream and the in-process engines; [`local`]: starting those engines.
 //! - [`error`]: the error type and its OpenAI-shaped rendering.
 //! - [`telemetry`], [`metrics`], [`health`]: logs, Prometheus metrics, upstream probes.
 //! - [`openapi`]: the generated OpenAPI document.
 //! - [`state`]: the shared [`state::AppState`].
+//! - [`models_cli`]: `aigw models fetch|list` over the model catalog of `aigw-models`.
 
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod local;
 pub mod metrics;
+pub mod models_cli;
 pub mod openapi;
 pub mod pipeline;
 pub mod providers;

@@ -48,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Model weights: fetch them into the model directory, list what is installed.
+    Models {
+        #[command(subcommand)]
+        command: aigw_gateway::models_cli::ModelsCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -73,6 +78,7 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => check(&file),
+        Command::Models { command } => aigw_gateway::models_cli::run(command),
     }
 }
 

@@ -71,6 +71,7 @@ impl Modify for ApiKeyAuth {
         routes::ops::health,
         routes::ops::ready,
         routes::ops::metrics,
+        routes::ops::load,
     ),
     components(schemas(wire::ChatCompletionChunk, wire::ErrorResponse)),
     modifiers(&ApiKeyAuth),

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::KeyStore;
-use crate::config::{Config, ProviderKind};
+use crate::config::{Config, ModelConfig, ProviderKind};
 use crate::health::UpstreamHealth;
+use crate::local::LocalModel;
 use crate::metrics::Metrics;
 use crate::providers::Provider;
 use crate::providers::openai::OpenAiProvider;
@@ -25,10 +26,12 @@ struct Inner {
     providers: Vec<Arc<dyn Provider>>,
     metrics: Metrics,
     health: UpstreamHealth,
+    local: Vec<LocalModel>,
 }
 
 impl AppState {
-    /// Builds providers, routes, keys and metrics from a validated config.
+    /// Builds providers, routes, keys and metrics from a validated config, loading the local
+    /// models (blocking: seconds for large models).
     pub fn new(config: Config) -> anyhow::Result<Self> {
         let mut by_name: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         for p in &config.providers {
@@ -37,18 +40,33 @@ impl AppState {
             };
             by_name.insert(p.name.clone(), provider);
         }
-        let routes = ModelRoutes::new(&config.models, &by_name, aigw_models::openai::unix_now())
+        let local = crate::local::start(&config.local)?;
+        let mut models = config.models.clone();
+        for m in &local {
+            let name = m.provider.name().to_string();
+            models.push(ModelConfig {
+                alias: m.alias.clone(),
+                provider: name.clone(),
+                upstream_model: m.alias.clone(),
+                owned_by: "aigw-local".into(),
+            });
+            by_name.insert(name, m.provider.clone());
+        }
+        let routes = ModelRoutes::new(&models, &by_name, aigw_models::openai::unix_now())
             .map_err(anyhow::Error::msg)?;
         let mut providers: Vec<_> = by_name.into_values().collect();
         providers.sort_by(|a, b| a.name().cmp(b.name()));
         let health = UpstreamHealth::new(providers.iter().map(|p| p.name()));
+        let metrics = Metrics::new()?;
+        metrics.register_engines(&local)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 keys: KeyStore::new(&config.keys),
                 routes,
                 providers,
-                metrics: Metrics::new()?,
+                metrics,
                 health,
+                local,
                 config,
             }),
         })
@@ -77,6 +95,11 @@ impl AppState {
     /// Metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The in-process models.
+    pub fn local_models(&self) -> &[LocalModel] {
+        &self.inner.local
     }
 
     /// Upstream health as last probed.

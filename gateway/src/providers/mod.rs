@@ -1,12 +1,15 @@
 //! Upstream providers behind one small object-safe trait.
 //!
 //! - [`openai`]: any server speaking the OpenAI HTTP API.
+//! - [`local_chat`], [`local_embed`]: the in-process candle engines of the `inference` crate.
 //! - [`sse`]: incremental decoding of `text/event-stream` bodies.
 //!
 //! A provider receives requests whose `model` is already the provider's own model name and
 //! returns OpenAI wire types; the pipeline rewrites names, meters usage and talks HTTP to the
 //! client. Fallback (a later issue) is a provider that wraps others.
 
+pub mod local_chat;
+pub mod local_embed;
 pub mod openai;
 pub mod sse;
 
@@ -51,6 +54,33 @@ pub enum ProviderError {
     /// The provider does not serve this kind of request.
     #[error("this model does not support {0}")]
     Unsupported(&'static str),
+    /// The request is valid OpenAI but this provider cannot honour part of it.
+    #[error("{message}")]
+    Rejected {
+        /// What is wrong.
+        message: String,
+        /// The parameter at fault.
+        param: Option<String>,
+        /// Stable code (`context_length_exceeded`, `unsupported_parameter`, …).
+        code: &'static str,
+    },
+    /// A local engine is at capacity.
+    #[error("{0}")]
+    Overloaded(String),
+    /// A local engine failed.
+    #[error("local engine failed: {0}")]
+    Engine(String),
+}
+
+impl ProviderError {
+    /// A 400 about one parameter the provider cannot honour.
+    pub fn unsupported_param(param: &str, message: impl Into<String>) -> Self {
+        Self::Rejected {
+            message: message.into(),
+            param: Some(param.to_string()),
+            code: "unsupported_parameter",
+        }
+    }
 }
 
 /// Per-call facts a provider may need.

@@ -55,7 +55,8 @@ pub fn router(state: AppState) -> Router {
     let ops = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .route("/load", get(ops::load));
     let docs: Router<AppState> = utoipa_swagger_ui::SwaggerUi::new("/docs")
         .url("/openapi.json", crate::openapi::spec())
         .into();

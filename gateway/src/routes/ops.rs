@@ -77,3 +77,24 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     )
         .into_response()
 }
+
+/// The load of the in-process models (queue depth, active sequences), for routing by
+/// gateways in front of this worker.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoadReport {
+    /// One entry per local model.
+    pub models: Vec<crate::local::ModelLoad>,
+}
+
+/// Load of the local engines.
+#[utoipa::path(get, path = "/load", tag = "Operations",
+    responses((status = 200, body = LoadReport)))]
+pub async fn load(State(state): State<AppState>) -> Json<LoadReport> {
+    Json(LoadReport {
+        models: state
+            .local_models()
+            .iter()
+            .map(crate::local::LocalModel::load)
+            .collect(),
+    })
+}

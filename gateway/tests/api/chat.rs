@@ -285,7 +285,11 @@ async fn client_hanging_up_mid_stream_settles_the_request() {
     assert!(bytes.next().await.is_some(), "the stream started");
     // The upstream paces its 12 events 150 ms apart: chunks are re-emitted as they arrive,
     // not after the upstream has finished.
-    assert!(t0.elapsed() < std::time::Duration::from_millis(1000), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_millis(1000),
+        "{:?}",
+        t0.elapsed()
+    );
     drop(bytes);
     // The gateway notices the hang-up, drops the upstream stream and records the request.
     let settled =

@@ -1,0 +1,179 @@
+//! Starting the in-process engines of `[local]`: resolve each model's files, load it on the
+//! configured device, and wrap it as a provider. Also what `/load` reports about them.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use aigw_inference::embed::EmbeddingModel;
+use aigw_inference::llm::engine::{EngineConfig, LlmEngine};
+use aigw_models::catalog::Catalog;
+use aigw_models::store;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::config::{DeviceSpec, LocalConfig, LocalKind, LocalModelConfig, LocalSource};
+use crate::providers::Provider;
+use crate::providers::local_chat::LocalChatProvider;
+use crate::providers::local_embed::LocalEmbeddingProvider;
+
+/// A started local model.
+pub struct LocalModel {
+    /// Its alias.
+    pub alias: String,
+    /// The provider serving it.
+    pub provider: Arc<dyn Provider>,
+    /// The chat engine, for load reports (none for embedding models).
+    pub engine: Option<Arc<LlmEngine>>,
+    /// The limits it runs with.
+    pub max_batch: usize,
+    /// Most requests waiting before 429s.
+    pub max_queue: usize,
+}
+
+fn device(spec: DeviceSpec) -> anyhow::Result<candle_core::Device> {
+    Ok(match spec {
+        DeviceSpec::Cpu => candle_core::Device::Cpu,
+        DeviceSpec::Cuda(n) => candle_core::Device::new_cuda(n).map_err(|e| {
+            anyhow::anyhow!("cannot use cuda:{n} ({e}); CUDA needs a build with `--features cuda`")
+        })?,
+    })
+}
+
+/// Where a model's weights are: the GGUF file or model directory.
+fn weights_path(m: &LocalModelConfig, model_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    match &m.source {
+        LocalSource::Path(p) => {
+            anyhow::ensure!(
+                p.exists(),
+                "model '{}': {} does not exist",
+                m.alias,
+                p.display()
+            );
+            Ok(p.clone())
+        }
+        LocalSource::Catalog(id) => {
+            let entry = Catalog::builtin()
+                .get(id)
+                .ok_or_else(|| anyhow::anyhow!("model '{}': no catalog entry '{id}'", m.alias))?;
+            let resolved = store::resolve(entry, model_dir)?;
+            anyhow::ensure!(
+                resolved.is_present(),
+                "model '{}' ({id}) is not installed in {}: run `aigw models fetch {id}`",
+                m.alias,
+                model_dir.display()
+            );
+            Ok(match m.kind {
+                LocalKind::Chat => resolved
+                    .main_file()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or(resolved.dir),
+                LocalKind::Embedding => resolved.dir,
+            })
+        }
+    }
+}
+
+/// Loads every configured local model (blocking: call before serving).
+pub fn start(config: &LocalConfig) -> anyhow::Result<Vec<LocalModel>> {
+    if config.models.is_empty() {
+        return Ok(Vec::new());
+    }
+    let device = device(config.device)?;
+    let model_dir = config.model_dir.clone().unwrap_or_else(store::model_dir);
+    let mut out = Vec::new();
+    for m in &config.models {
+        let path = weights_path(m, &model_dir)?;
+        let t0 = std::time::Instant::now();
+        let name = format!("local:{}", m.alias);
+        let model = match m.kind {
+            LocalKind::Chat => {
+                let loaded = aigw_inference::llm::load::load_path(&path, &device)
+                    .map_err(|e| anyhow::anyhow!("model '{}': {e}", m.alias))?;
+                let engine = Arc::new(LlmEngine::start(
+                    loaded,
+                    EngineConfig {
+                        max_batch: config.max_batch,
+                        max_queue: config.max_queue,
+                        prefill_chunk: config.prefill_chunk,
+                    },
+                )?);
+                LocalModel {
+                    alias: m.alias.clone(),
+                    provider: Arc::new(LocalChatProvider::new(name, engine.clone())),
+                    engine: Some(engine),
+                    max_batch: config.max_batch,
+                    max_queue: config.max_queue,
+                }
+            }
+            LocalKind::Embedding => {
+                let model = EmbeddingModel::load(&path, &device)
+                    .map_err(|e| anyhow::anyhow!("model '{}': {e}", m.alias))?;
+                LocalModel {
+                    alias: m.alias.clone(),
+                    provider: Arc::new(LocalEmbeddingProvider::new(
+                        name,
+                        Arc::new(model),
+                        config.embedding_concurrency,
+                    )),
+                    engine: None,
+                    max_batch: aigw_inference::embed::MAX_BATCH,
+                    max_queue: config.embedding_concurrency,
+                }
+            }
+        };
+        tracing::info!(model = %m.alias, path = %path.display(), elapsed_ms = t0.elapsed().as_millis() as u64, "local model loaded");
+        out.push(model);
+    }
+    Ok(out)
+}
+
+/// The load of one local model, as `/load` reports it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelLoad {
+    /// The alias.
+    pub model: String,
+    /// `chat` or `embedding`.
+    pub kind: String,
+    /// Requests waiting to join the batch.
+    pub queued: usize,
+    /// Sequences decoding now.
+    pub active: usize,
+    /// Most sequences decoded together.
+    pub max_batch: usize,
+    /// Most requests waiting before 429s.
+    pub max_queue: usize,
+    /// Tokens generated since start.
+    pub generated_tokens: u64,
+    /// Prompt tokens processed since start.
+    pub prompt_tokens: u64,
+}
+
+impl LocalModel {
+    /// This model's current load.
+    pub fn load(&self) -> ModelLoad {
+        let (kind, queued, active, generated, prompt) = match &self.engine {
+            Some(e) => {
+                let s = e.stats();
+                (
+                    "chat",
+                    s.queued.load(Ordering::Relaxed),
+                    s.active.load(Ordering::Relaxed),
+                    s.generated_tokens.load(Ordering::Relaxed),
+                    s.prompt_tokens.load(Ordering::Relaxed),
+                )
+            }
+            None => ("embedding", 0, 0, 0, 0),
+        };
+        ModelLoad {
+            model: self.alias.clone(),
+            kind: kind.into(),
+            queued,
+            active,
+            max_batch: self.max_batch,
+            max_queue: self.max_queue,
+            generated_tokens: generated,
+            prompt_tokens: prompt,
+        }
+    }
+}
