@@ -1,7 +1,12 @@
 //! The safetensors loading path, on tiny random-weight llama and qwen2 models written by the
 //! test itself (config.json, tokenizer.json, tokenizer_config.json, model.safetensors).
 
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests"
+)]
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,8 +25,26 @@ const KV_HEADS: usize = 2;
 const HEAD_DIM: usize = HIDDEN / HEADS;
 
 const WORDS: &[&str] = &[
-    "the", "dragon", "sleeps", "under", "mountain", "gold", "knight", "rides", "north", "a", "sword", "and", "shield",
-    "system", "user", "assistant", "hello", "tavern", "ale", "song",
+    "the",
+    "dragon",
+    "sleeps",
+    "under",
+    "mountain",
+    "gold",
+    "knight",
+    "rides",
+    "north",
+    "a",
+    "sword",
+    "and",
+    "shield",
+    "system",
+    "user",
+    "assistant",
+    "hello",
+    "tavern",
+    "ale",
+    "song",
 ];
 
 fn write_model(dir: &Path, model_type: &str) {
@@ -43,10 +66,11 @@ fn write_model(dir: &Path, model_type: &str) {
     let mut tok = tokenizers::Tokenizer::new(model);
     tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
     tok.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
-    tok.add_special_tokens(&[
+    tok.add_special_tokens([
         tokenizers::AddedToken::from("<|im_start|>", true),
         tokenizers::AddedToken::from("<|im_end|>", true),
-    ]);
+    ])
+    .unwrap();
     tok.save(dir.join("tokenizer.json"), false).unwrap();
     let template = "{% for m in messages %}<|im_start|>{{ m.role }} {{ m.content }}<|im_end|>{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant {% endif %}";
     std::fs::write(
@@ -69,24 +93,48 @@ fn write_model(dir: &Path, model_type: &str) {
     let rand = |shape: &[usize]| (Tensor::randn(0f32, 1.0, shape, &dev).unwrap() * 0.2).unwrap();
     let ones = |n: usize| Tensor::ones(n, DType::F32, &dev).unwrap();
     let mut w: HashMap<String, Tensor> = HashMap::new();
-    w.insert("model.embed_tokens.weight".into(), rand(&[vocab_size, HIDDEN]));
+    w.insert(
+        "model.embed_tokens.weight".into(),
+        rand(&[vocab_size, HIDDEN]),
+    );
     w.insert("lm_head.weight".into(), rand(&[vocab_size, HIDDEN]));
     w.insert("model.norm.weight".into(), ones(HIDDEN));
     for l in 0..LAYERS {
         let p = format!("model.layers.{l}");
         w.insert(format!("{p}.input_layernorm.weight"), ones(HIDDEN));
         w.insert(format!("{p}.post_attention_layernorm.weight"), ones(HIDDEN));
-        w.insert(format!("{p}.self_attn.q_proj.weight"), rand(&[HEADS * HEAD_DIM, HIDDEN]));
-        w.insert(format!("{p}.self_attn.k_proj.weight"), rand(&[KV_HEADS * HEAD_DIM, HIDDEN]));
-        w.insert(format!("{p}.self_attn.v_proj.weight"), rand(&[KV_HEADS * HEAD_DIM, HIDDEN]));
-        w.insert(format!("{p}.self_attn.o_proj.weight"), rand(&[HIDDEN, HEADS * HEAD_DIM]));
+        w.insert(
+            format!("{p}.self_attn.q_proj.weight"),
+            rand(&[HEADS * HEAD_DIM, HIDDEN]),
+        );
+        w.insert(
+            format!("{p}.self_attn.k_proj.weight"),
+            rand(&[KV_HEADS * HEAD_DIM, HIDDEN]),
+        );
+        w.insert(
+            format!("{p}.self_attn.v_proj.weight"),
+            rand(&[KV_HEADS * HEAD_DIM, HIDDEN]),
+        );
+        w.insert(
+            format!("{p}.self_attn.o_proj.weight"),
+            rand(&[HIDDEN, HEADS * HEAD_DIM]),
+        );
         w.insert(format!("{p}.mlp.gate_proj.weight"), rand(&[FFN, HIDDEN]));
         w.insert(format!("{p}.mlp.up_proj.weight"), rand(&[FFN, HIDDEN]));
         w.insert(format!("{p}.mlp.down_proj.weight"), rand(&[HIDDEN, FFN]));
         if model_type == "qwen2" {
-            w.insert(format!("{p}.self_attn.q_proj.bias"), rand(&[HEADS * HEAD_DIM]));
-            w.insert(format!("{p}.self_attn.k_proj.bias"), rand(&[KV_HEADS * HEAD_DIM]));
-            w.insert(format!("{p}.self_attn.v_proj.bias"), rand(&[KV_HEADS * HEAD_DIM]));
+            w.insert(
+                format!("{p}.self_attn.q_proj.bias"),
+                rand(&[HEADS * HEAD_DIM]),
+            );
+            w.insert(
+                format!("{p}.self_attn.k_proj.bias"),
+                rand(&[KV_HEADS * HEAD_DIM]),
+            );
+            w.insert(
+                format!("{p}.self_attn.v_proj.bias"),
+                rand(&[KV_HEADS * HEAD_DIM]),
+            );
         }
     }
     candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
@@ -108,7 +156,9 @@ async fn generate(engine: &LlmEngine, prompt: &[u32], max_tokens: u32) -> (Strin
     while let Some(ev) = rx.recv().await {
         match ev {
             GenEvent::Delta(t) => text.push_str(&t),
-            GenEvent::Finished { completion_tokens, .. } => return (text, completion_tokens),
+            GenEvent::Finished {
+                completion_tokens, ..
+            } => return (text, completion_tokens),
             GenEvent::Failed(e) => panic!("{e}"),
         }
     }
@@ -126,9 +176,16 @@ async fn check(model_type: &str) {
         .codec()
         .render_chat(&[ChatMessage::text(Role::User, "hello dragon")], None)
         .unwrap();
-    assert_eq!(text, "<|im_start|>user hello dragon<|im_end|><|im_start|>assistant ");
+    assert_eq!(
+        text,
+        "<|im_start|>user hello dragon<|im_end|><|im_start|>assistant "
+    );
     let prompt = engine.codec().encode_prompt(&text).unwrap();
-    assert_eq!(prompt.len(), 7, "specials and words are single tokens: {prompt:?}");
+    assert_eq!(
+        prompt.len(),
+        7,
+        "specials and words are single tokens: {prompt:?}"
+    );
     let (a, n) = generate(&engine, &prompt, 12).await;
     let (b, _) = generate(&engine, &prompt, 12).await;
     assert_eq!(a, b, "greedy decoding is deterministic");
@@ -153,7 +210,9 @@ async fn tiny_qwen2_with_attention_biases() {
 fn unsupported_architectures_are_refused() {
     let dir = std::env::temp_dir().join(format!("aigw-tiny-gpt-{}", std::process::id()));
     write_model(&dir, "llama");
-    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap().replace("\"llama\"", "\"gpt_neox\"");
+    let cfg = std::fs::read_to_string(dir.join("config.json"))
+        .unwrap()
+        .replace("\"llama\"", "\"gpt_neox\"");
     std::fs::write(dir.join("config.json"), cfg).unwrap();
     let err = load_path(&dir, &Device::Cpu).err().expect("refused");
     assert!(err.to_string().contains("gpt_neox"), "{err}");
