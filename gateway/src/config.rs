@@ -74,6 +74,7 @@ struct RawLocal {
     max_queue: Option<usize>,
     prefill_chunk: Option<usize>,
     embedding_concurrency: Option<usize>,
+    threads: Option<usize>,
     #[serde(default)]
     models: Vec<RawLocalModel>,
 }
@@ -186,6 +187,8 @@ pub struct LocalConfig {
     pub prefill_chunk: usize,
     /// Embedding batches encoding at once per model.
     pub embedding_concurrency: usize,
+    /// Compute threads per chat engine (0: one per core).
+    pub threads: usize,
     /// The models.
     pub models: Vec<LocalModelConfig>,
 }
@@ -199,6 +202,7 @@ impl Default for LocalConfig {
             max_queue: 256,
             prefill_chunk: 512,
             embedding_concurrency: 1,
+            threads: 0,
             models: Vec::new(),
         }
     }
@@ -590,6 +594,7 @@ fn local_config(raw: RawLocal, aliases: &mut HashSet<String>) -> Result<LocalCon
             .embedding_concurrency
             .unwrap_or(defaults.embedding_concurrency)
             .max(1),
+        threads: raw.threads.unwrap_or(0),
         models,
     })
 }

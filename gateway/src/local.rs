@@ -96,6 +96,7 @@ pub fn start(config: &LocalConfig) -> anyhow::Result<Vec<LocalModel>> {
                         max_batch: config.max_batch,
                         max_queue: config.max_queue,
                         prefill_chunk: config.prefill_chunk,
+                        threads: config.threads,
                     },
                 )?);
                 LocalModel {

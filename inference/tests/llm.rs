@@ -107,10 +107,10 @@ fn greedy(prompt: Vec<u32>, max_tokens: u32) -> GenerationRequest {
 #[tokio::test]
 async fn greedy_answer_is_stable_and_sensible() {
     let Some(engine) = engine() else { return };
-    let p = prompt(&engine, "Which city is the capital of France?");
+    let p = prompt(&engine, "What is 2 + 2?");
     let a = run(&engine, greedy(p.clone(), 40)).await;
     let b = run(&engine, greedy(p.clone(), 40)).await;
-    assert!(a.text.contains("Paris"), "{:?}", a.text);
+    assert!(a.text.contains('4'), "{:?}", a.text);
     assert!(
         a.deltas.len() > 3,
         "streamed piece by piece: {:?}",

@@ -49,10 +49,16 @@ async fn openai_python_sdk_against_local_models() {
         eprintln!("skipping: default models missing");
         return;
     }
-    let state = aigw_gateway::state::AppState::new(aigw_gateway::config::Config::embedded_default()).unwrap();
+    let state =
+        aigw_gateway::state::AppState::new(aigw_gateway::config::Config::embedded_default())
+            .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/v1", listener.local_addr().unwrap());
-    let server = tokio::spawn(aigw_gateway::server::run(listener, state, std::future::pending()));
+    let server = tokio::spawn(aigw_gateway::server::run(
+        listener,
+        state,
+        std::future::pending(),
+    ));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/conformance.py");
     let output = tokio::process::Command::new(python)
         .arg(script)

@@ -163,7 +163,7 @@ def local_models_listed():
 
 @local_check
 def local_chat_streams():
-    messages = [{"role": "user", "content": "Which city is the capital of France?"}]
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
     plain = client.chat.completions.create(
         model="smollm2-135m-instruct", messages=messages, temperature=0, max_tokens=32
     )
@@ -178,7 +178,7 @@ def local_chat_streams():
             pieces += 1
         if chunk.usage is not None:
             usage = chunk.usage
-    assert "Paris" in text, text
+    assert "4" in text, text
     assert pieces > 3, pieces
     assert text == plain.choices[0].message.content, (text, plain.choices[0].message.content)
     assert usage.completion_tokens == plain.usage.completion_tokens, (usage, plain.usage)

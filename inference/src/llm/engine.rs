@@ -26,6 +26,8 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Most prompt tokens prefilled in one step (across sequences).
     pub prefill_chunk: usize,
+    /// Compute threads of the engine (0: one per available core, or `AIGW_ENGINE_THREADS`).
+    pub threads: usize,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +36,7 @@ impl Default for EngineConfig {
             max_batch: 64,
             max_queue: 256,
             prefill_chunk: 512,
+            threads: 0,
         }
     }
 }
@@ -146,9 +149,17 @@ impl LlmEngine {
             active: Vec::new(),
             config: config.clone(),
         };
+        // The engine loop runs on a worker of its own thread pool, so the parallel parts of a
+        // step (matmul rows, per-sequence attention) start on the current thread and are
+        // stolen by the others, instead of handing each operation to another thread.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(engine_threads(config.threads))
+            .thread_name(|i| format!("aigw-llm-{i}"))
+            .build()
+            .map_err(std::io::Error::other)?;
         std::thread::Builder::new()
             .name("aigw-llm".into())
-            .spawn(move || worker.run())?;
+            .spawn(move || pool.install(move || worker.run()))?;
         Ok(Self {
             submit: tx,
             codec,
@@ -201,6 +212,19 @@ impl LlmEngine {
             }
         }
     }
+}
+
+/// Threads for the engine pool: the configured number, else `AIGW_ENGINE_THREADS`, else one
+/// per available core.
+fn engine_threads(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::env::var("AIGW_ENGINE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 struct Sequence {

@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use super::LlmError;
 use super::config::{HfConfig, LlamaConfig};
 use super::model::{Block, Linear, LlamaModel};
+use super::q4::Q4Matrix;
 use super::text::TextCodec;
 
 /// A model and the codec that turns conversations into its tokens and back.
@@ -37,8 +38,20 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel, LlmError> 
             .map(Arc::new)
             .map_err(|e| LlmError::Format(format!("tensor {name}: {e}")))
     };
+    let cpu = device.is_cpu();
     let q = |t: Arc<candle_core::quantized::QTensor>| -> Result<QMatMul, LlmError> {
         Ok(QMatMul::from_arc(fast_layout(t)?)?)
+    };
+    let lin = |t: Arc<candle_core::quantized::QTensor>,
+               bias: Option<Tensor>|
+     -> Result<Linear, LlmError> {
+        if cpu && t.dtype() == candle_core::quantized::GgmlDType::Q4_1 {
+            let (rows, cols) = t.shape().dims2()?;
+            if let Some(m) = Q4Matrix::from_ggml_bytes(&t.data()?, rows, cols) {
+                return Ok(Linear::q4(m, bias));
+            }
+        }
+        Ok(Linear::new(q(t)?, bias))
     };
     let token_embd = get("token_embd.weight")?;
     let embed = token_embd.dequantize(device)?;
@@ -57,25 +70,18 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel, LlmError> 
         let (bq, bk, bv) = (bias("attn_q"), bias("attn_k"), bias("attn_v"));
         blocks.push(Block {
             attn_norm: get(&format!("{p}.attn_norm.weight"))?.dequantize(device)?,
-            wq: Linear::new(q(get(&format!("{p}.attn_q.weight"))?)?, bq),
-            wk: Linear::new(q(get(&format!("{p}.attn_k.weight"))?)?, bk),
-            wv: Linear::new(q(get(&format!("{p}.attn_v.weight"))?)?, bv),
-            wo: Linear::new(q(get(&format!("{p}.attn_output.weight"))?)?, None),
+            wq: lin(get(&format!("{p}.attn_q.weight"))?, bq)?,
+            wk: lin(get(&format!("{p}.attn_k.weight"))?, bk)?,
+            wv: lin(get(&format!("{p}.attn_v.weight"))?, bv)?,
+            wo: lin(get(&format!("{p}.attn_output.weight"))?, None)?,
             ffn_norm: get(&format!("{p}.ffn_norm.weight"))?.dequantize(device)?,
-            w_gate: Linear::new(q(get(&format!("{p}.ffn_gate.weight"))?)?, None),
-            w_up: Linear::new(q(get(&format!("{p}.ffn_up.weight"))?)?, None),
-            w_down: Linear::new(q(get(&format!("{p}.ffn_down.weight"))?)?, None),
+            w_gate: lin(get(&format!("{p}.ffn_gate.weight"))?, None)?,
+            w_up: lin(get(&format!("{p}.ffn_up.weight"))?, None)?,
+            w_down: lin(get(&format!("{p}.ffn_down.weight"))?, None)?,
         });
     }
     let norm = get("output_norm.weight")?.dequantize(device)?;
-    let model = LlamaModel::new(
-        config,
-        embed,
-        blocks,
-        norm,
-        Linear::new(q(output)?, None),
-        device,
-    )?;
+    let model = LlamaModel::new(config, embed, blocks, norm, lin(output, None)?, device)?;
     Ok(LoadedModel { model, codec })
 }
 

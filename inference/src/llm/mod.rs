@@ -1,10 +1,12 @@
 //! Llama-family chat models: loading, the batched transformer, text handling, sampling and
 //! the continuous-batching engine.
 
+pub mod attention;
 pub mod config;
 pub mod engine;
 pub mod load;
 pub mod model;
+pub mod q4;
 pub mod sampling;
 pub mod text;
 

@@ -6,29 +6,55 @@
 
 use candle_core::quantized::QMatMul;
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
-use candle_nn::kv_cache::KvCache;
+
+use super::attention::{self, Dims, HostSeq, LayerKv};
+use super::q4::Q4Matrix;
 
 use super::LlmError;
 use super::config::LlamaConfig;
 
-/// Initial KV capacity of a sequence, and the step it grows by.
-const KV_CHUNK: usize = 128;
-
 /// A projection: quantized or dense weights, with an optional bias (qwen2's q/k/v).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: QMatMul,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+/// The weights of a projection.
+#[derive(Debug, Clone)]
+enum Weight {
+    /// Dense or quantized, multiplied by candle.
+    Candle(QMatMul),
+    /// Q4_1 on the CPU, multiplied by [`super::q4`].
+    Q4(std::sync::Arc<Q4Matrix>),
 }
 
 impl Linear {
     /// A projection from its weight (`[out, in]`) and optional bias (`[out]`).
     pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight: Weight::Candle(weight),
+            bias,
+        }
+    }
+
+    /// A Q4_1 projection run by this crate's CPU kernel.
+    pub fn q4(weight: Q4Matrix, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: Weight::Q4(std::sync::Arc::new(weight)),
+            bias,
+        }
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(x)?;
+        let y = match &self.weight {
+            Weight::Candle(w) => w.forward(x)?,
+            Weight::Q4(w) => {
+                let (tokens, _) = x.dims2()?;
+                let host = x.flatten_all()?.to_vec1::<f32>()?;
+                Tensor::from_vec(w.matmul(&host, tokens), (tokens, w.rows()), x.device())?
+            }
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
@@ -76,7 +102,7 @@ pub struct LlamaModel {
 /// The KV cache of one sequence: one per block, grown in chunks.
 #[derive(Debug, Clone)]
 pub struct SeqCache {
-    layers: Vec<KvCache>,
+    layers: Vec<LayerKv>,
     len: usize,
 }
 
@@ -135,7 +161,7 @@ impl LlamaModel {
     pub fn new_cache(&self) -> SeqCache {
         SeqCache {
             layers: (0..self.blocks.len())
-                .map(|_| KvCache::new(1, KV_CHUNK))
+                .map(|_| LayerKv::new(&self.device))
                 .collect(),
             len: 0,
         }
@@ -181,8 +207,6 @@ impl LlamaModel {
             .reshape((total, 1, half))?;
         let eps = cfg.rms_norm_eps as f32;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let n_rep = nh / nkv;
-        let scale = 1.0 / (hd as f64).sqrt();
 
         let mut x = self.embed.index_select(&ids, 0)?;
         for (layer, block) in self.blocks.iter().enumerate() {
@@ -205,39 +229,50 @@ impl LlamaModel {
             let k = k.reshape((total, nkv, hd))?;
             let v = v.reshape((total, nkv, hd))?;
 
-            let mut outs = Vec::with_capacity(batch.len());
-            let mut offset = 0;
-            for seq in batch.iter_mut() {
-                let l = seq.tokens.len();
-                let past = seq.cache.len;
-                let qi = q.narrow(0, offset, l)?.transpose(0, 1)?.contiguous()?;
-                let ki = k.narrow(0, offset, l)?.transpose(0, 1)?.contiguous()?;
-                let vi = v.narrow(0, offset, l)?.transpose(0, 1)?.contiguous()?;
-                let (kc, vc) = seq.cache.layers[layer].append(&ki, &vi)?;
-                let kv_len = past + l;
-                // Grouped-query attention without copying K/V: query heads sharing a KV head
-                // are stacked as extra rows.
-                let qi = qi.reshape((nkv, n_rep * l, hd))?;
-                let scores = (qi.matmul(&kc.t()?)? * scale)?;
-                let scores = if l > 1 {
-                    let mask = causal_mask(l, past, &self.device)?;
-                    scores
-                        .reshape((nkv, n_rep, l, kv_len))?
-                        .broadcast_add(&mask)?
-                        .reshape((nkv, n_rep * l, kv_len))?
-                } else {
-                    scores
-                };
-                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-                let out = probs.matmul(&vc)?; // [nkv, n_rep*l, hd]
-                let out = out
-                    .reshape((nh, l, hd))?
-                    .transpose(0, 1)?
-                    .reshape((l, nh * hd))?;
-                outs.push(out);
-                offset += l;
-            }
-            let attn = Tensor::cat(&outs, 0)?;
+            let dims = Dims {
+                heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+            };
+            let attn = if self.device.is_cpu() {
+                let (qh, kh, vh) = (
+                    q.flatten_all()?.to_vec1::<f32>()?,
+                    k.flatten_all()?.to_vec1::<f32>()?,
+                    v.flatten_all()?.to_vec1::<f32>()?,
+                );
+                let mut seqs: Vec<HostSeq<'_>> = batch
+                    .iter_mut()
+                    .map(|s| HostSeq {
+                        past: s.cache.len,
+                        len: s.tokens.len(),
+                        kv: &mut s.cache.layers[layer],
+                    })
+                    .collect();
+                let out = attention::host_step(&mut seqs, &qh, &kh, &vh, dims);
+                Tensor::from_vec(out, (total, nh * hd), &self.device)?
+            } else {
+                let mut outs = Vec::with_capacity(batch.len());
+                let mut offset = 0;
+                for seq in batch.iter_mut() {
+                    let l = seq.tokens.len();
+                    let past = seq.cache.len;
+                    let part = |t: &Tensor| t.narrow(0, offset, l)?.transpose(0, 1)?.contiguous();
+                    let LayerKv::Device(kv) = &mut seq.cache.layers[layer] else {
+                        candle_core::bail!("host cache on a device model");
+                    };
+                    outs.push(attention::device_seq(
+                        kv,
+                        &part(&q)?,
+                        &part(&k)?,
+                        &part(&v)?,
+                        past,
+                        l,
+                        dims,
+                    )?);
+                    offset += l;
+                }
+                Tensor::cat(&outs, 0)?
+            };
             x = (x + block.wo.forward(&attn)?)?;
 
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
@@ -266,23 +301,6 @@ impl LlamaModel {
         let logits = self.lm_head.forward(&h)?.to_dtype(DType::F32)?;
         Ok(Some(logits))
     }
-}
-
-/// Additive causal mask for `l` new tokens after `past` cached ones: `[l, past + l]`.
-fn causal_mask(l: usize, past: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let kv_len = past + l;
-    let data: Vec<f32> = (0..l)
-        .flat_map(|i| {
-            (0..kv_len).map(move |j| {
-                if j <= past + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(data, (l, kv_len), device)
 }
 
 fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor), LlmError> {

@@ -1,0 +1,293 @@
+//! Attention over each sequence's own KV cache.
+//!
+//! On the CPU it runs here, in plain loops over host buffers: a decode step attends one query
+//! per head over a few hundred cached positions, far too little work to pay for a dozen
+//! tensor operations (and their allocations) per sequence per layer. Sequences run in
+//! parallel. On accelerators the cache stays on the device and attention is two batched
+//! matmuls per sequence.
+
+use candle_core::{Device, Tensor};
+use candle_nn::kv_cache::KvCache;
+use rayon::prelude::*;
+
+/// Initial KV capacity of a sequence on a device, and the step it grows by.
+const KV_CHUNK: usize = 128;
+
+/// Attention shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Dims {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+}
+
+/// One layer's cache of one sequence.
+#[derive(Debug, Clone)]
+pub enum LayerKv {
+    /// Host memory, position-major: `[pos][kv_head][head_dim]`.
+    Host {
+        /// Keys.
+        k: Vec<f32>,
+        /// Values.
+        v: Vec<f32>,
+    },
+    /// Device memory, `[kv_head, pos, head_dim]`, grown in chunks.
+    Device(KvCache),
+}
+
+impl LayerKv {
+    /// An empty cache for `device`.
+    pub fn new(device: &Device) -> Self {
+        if device.is_cpu() {
+            Self::Host {
+                k: Vec::new(),
+                v: Vec::new(),
+            }
+        } else {
+            Self::Device(KvCache::new(1, KV_CHUNK))
+        }
+    }
+}
+
+/// One sequence's share of a host attention step.
+pub struct HostSeq<'a> {
+    /// Its cache for this layer.
+    pub kv: &'a mut LayerKv,
+    /// Tokens already cached before this step.
+    pub past: usize,
+    /// New tokens this step.
+    pub len: usize,
+}
+
+/// Host attention for every sequence of a step. `q` is `[tokens, heads, head_dim]`, `k`/`v`
+/// are `[tokens, kv_heads, head_dim]`, rows ordered by sequence; returns `[tokens, heads *
+/// head_dim]`.
+pub fn host_step(seqs: &mut [HostSeq<'_>], q: &[f32], k: &[f32], v: &[f32], d: Dims) -> Vec<f32> {
+    let q_row = d.heads * d.head_dim;
+    let kv_row = d.kv_heads * d.head_dim;
+    let total: usize = seqs.iter().map(|s| s.len).sum();
+    let mut out = vec![0f32; total * q_row];
+    // Carve the inputs and the output into per-sequence slices.
+    let mut work = Vec::with_capacity(seqs.len());
+    let mut rest_out = out.as_mut_slice();
+    let mut row = 0;
+    for s in seqs.iter_mut() {
+        let len = s.len;
+        let (mine, rest) = std::mem::take(&mut rest_out).split_at_mut(len * q_row);
+        rest_out = rest;
+        work.push((
+            s,
+            &q[row * q_row..(row + len) * q_row],
+            &k[row * kv_row..(row + len) * kv_row],
+            &v[row * kv_row..(row + len) * kv_row],
+            mine,
+        ));
+        row += len;
+    }
+    let run = |(s, q, k, v, out): (&mut HostSeq<'_>, &[f32], &[f32], &[f32], &mut [f32])| {
+        if let LayerKv::Host { k: kc, v: vc } = &mut *s.kv {
+            kc.extend_from_slice(k);
+            vc.extend_from_slice(v);
+            attend(q, kc, vc, s.past, s.len, d, out);
+        }
+    };
+    if work.len() > 1 {
+        work.into_par_iter().for_each(run);
+    } else {
+        work.into_iter().for_each(run);
+    }
+    out
+}
+
+/// Causal attention of `len` new queries (at positions `past..past+len`) over the cache.
+fn attend(q: &[f32], kc: &[f32], vc: &[f32], past: usize, len: usize, d: Dims, out: &mut [f32]) {
+    let hd = d.head_dim;
+    let n_rep = d.heads / d.kv_heads;
+    let kv_row = d.kv_heads * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut scores = vec![0f32; past + len];
+    for t in 0..len {
+        let visible = past + t + 1;
+        for h in 0..d.heads {
+            let kvh = h / n_rep;
+            let qv = &q[(t * d.heads + h) * hd..][..hd];
+            let mut max = f32::NEG_INFINITY;
+            for (p, s) in scores[..visible].iter_mut().enumerate() {
+                let kv = &kc[p * kv_row + kvh * hd..][..hd];
+                *s = dot(qv, kv) * scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0.0;
+            for s in &mut scores[..visible] {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let o = &mut out[(t * d.heads + h) * hd..][..hd];
+            o.fill(0.0);
+            for (p, s) in scores[..visible].iter().enumerate() {
+                let w = s / sum;
+                let vv = &vc[p * kv_row + kvh * hd..][..hd];
+                for (oi, vi) in o.iter_mut().zip(vv) {
+                    *oi += w * vi;
+                }
+            }
+        }
+    }
+}
+
+/// Dot product with eight independent accumulators, so the compiler can vectorise it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
+/// Device attention of one sequence: `q` `[heads, len, hd]`, `k`/`v` `[kv_heads, len, hd]`;
+/// returns `[len, heads * hd]`.
+pub fn device_seq(
+    kv: &mut KvCache,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    past: usize,
+    len: usize,
+    d: Dims,
+) -> candle_core::Result<Tensor> {
+    let (nh, nkv, hd) = (d.heads, d.kv_heads, d.head_dim);
+    let n_rep = nh / nkv;
+    let (kc, vc) = kv.append(k, v)?;
+    let kv_len = past + len;
+    // Query heads sharing a KV head are stacked as extra rows: no K/V copies.
+    let q = q.reshape((nkv, n_rep * len, hd))?;
+    let scores = (q.matmul(&kc.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    let scores = if len > 1 {
+        let mask: Vec<f32> = (0..len)
+            .flat_map(|i| {
+                (0..kv_len).map(move |j| {
+                    if j <= past + i {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (len, kv_len), q.device())?;
+        scores
+            .reshape((nkv, n_rep, len, kv_len))?
+            .broadcast_add(&mask)?
+            .reshape((nkv, n_rep * len, kv_len))?
+    } else {
+        scores
+    };
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    probs
+        .matmul(&vc)?
+        .reshape((nh, len, hd))?
+        .transpose(0, 1)?
+        .reshape((len, nh * hd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_attention_matches_the_tensor_path() {
+        let d = Dims {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+        };
+        let dev = Device::Cpu;
+        let (past, len) = (5, 3);
+        let rand = |n: usize, seed: u64| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i as u64 + 1) * (seed * 2654435761 + 7)) % 1000) as f32 / 500.0 - 1.0)
+                .collect()
+        };
+        let qkv_rows = past + len;
+        let k_all = rand(qkv_rows * d.kv_heads * d.head_dim, 1);
+        let v_all = rand(qkv_rows * d.kv_heads * d.head_dim, 2);
+        let q_all = rand(qkv_rows * d.heads * d.head_dim, 3);
+        // Host: first the past tokens, then the new ones.
+        let mut host = LayerKv::new(&dev);
+        let split = |x: &[f32], w: usize| (x[..past * w].to_vec(), x[past * w..].to_vec());
+        let (k0, k1) = split(&k_all, d.kv_heads * d.head_dim);
+        let (v0, v1) = split(&v_all, d.kv_heads * d.head_dim);
+        let (q0, q1) = split(&q_all, d.heads * d.head_dim);
+        host_step(
+            &mut [HostSeq {
+                kv: &mut host,
+                past: 0,
+                len: past,
+            }],
+            &q0,
+            &k0,
+            &v0,
+            d,
+        );
+        let host_out = host_step(
+            &mut [HostSeq {
+                kv: &mut host,
+                past,
+                len,
+            }],
+            &q1,
+            &k1,
+            &v1,
+            d,
+        );
+        // Tensor path on the same data.
+        let mut cache = KvCache::new(1, 4);
+        let to_t = |x: &[f32], n: usize, h: usize| {
+            Tensor::from_vec(x.to_vec(), (n, h, d.head_dim), &dev)
+                .unwrap()
+                .transpose(0, 1)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        device_seq(
+            &mut cache,
+            &to_t(&q0, past, d.heads),
+            &to_t(&k0, past, d.kv_heads),
+            &to_t(&v0, past, d.kv_heads),
+            0,
+            past,
+            d,
+        )
+        .unwrap();
+        let dev_out = device_seq(
+            &mut cache,
+            &to_t(&q1, len, d.heads),
+            &to_t(&k1, len, d.kv_heads),
+            &to_t(&v1, len, d.kv_heads),
+            past,
+            len,
+            d,
+        )
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+        assert_eq!(host_out.len(), dev_out.len());
+        for (a, b) in host_out.iter().zip(&dev_out) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+}
