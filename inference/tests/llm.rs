@@ -257,3 +257,18 @@ async fn dropping_the_receiver_cancels_the_sequence() {
     }
     panic!("the abandoned sequence kept running");
 }
+
+#[tokio::test]
+async fn ignore_eos_generates_exactly_max_tokens() {
+    let Some(engine) = engine() else { return };
+    let mut req = greedy(prompt(&engine, "What is 2 + 2?"), 30);
+    let natural = run(&engine, req.clone()).await;
+    assert!(
+        natural.completion_tokens < 30,
+        "the answer is short by itself"
+    );
+    req.sampling.ignore_eos = true;
+    let forced = run(&engine, req).await;
+    assert_eq!(forced.completion_tokens, 30);
+    assert_eq!(forced.reason, Finish::Length);
+}

@@ -160,6 +160,10 @@ impl GenParams {
                 frequency_penalty: frequency_penalty.unwrap_or(0.0) as f32,
                 repetition_penalty: extra_f32("repetition_penalty").unwrap_or(1.0),
                 logit_bias: bias,
+                ignore_eos: extra
+                    .get("ignore_eos")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false),
             },
             max_tokens,
             stop: stop.map(|s| s.as_slice().to_vec()).unwrap_or_default(),

@@ -403,7 +403,8 @@ impl Worker {
         let ctx = self.model.config.context_length;
         let s = &mut self.active[i];
         let mut finish = None;
-        if codec.is_eos(token) {
+        let eos = codec.is_eos(token) && !s.sampler.ignores_eos();
+        if eos {
             finish = Some(Finish::Stop);
         } else {
             s.generated += 1;
@@ -429,7 +430,7 @@ impl Worker {
             }
         }
         if let Some(reason) = finish {
-            if reason == Finish::Length || codec.is_eos(token) {
+            if reason == Finish::Length || eos {
                 let rest = s.stop.flush();
                 s.send_text(rest);
             }

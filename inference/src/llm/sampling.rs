@@ -22,6 +22,8 @@ pub struct SamplingParams {
     pub repetition_penalty: f32,
     /// Added to the logits of these token ids.
     pub logit_bias: HashMap<u32, f32>,
+    /// Keep generating through end-of-sequence tokens (fixed-length benchmark runs).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -35,6 +37,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             repetition_penalty: 1.0,
             logit_bias: HashMap::new(),
+            ignore_eos: false,
         }
     }
 }
@@ -89,6 +92,11 @@ impl Sampler {
             && self.params.presence_penalty == 0.0
             && self.params.frequency_penalty == 0.0
             && self.params.repetition_penalty == 1.0
+    }
+
+    /// Whether end-of-sequence tokens are ignored.
+    pub fn ignores_eos(&self) -> bool {
+        self.params.ignore_eos
     }
 
     /// Records a generated token (for the penalties).
