@@ -4,7 +4,8 @@
 //! into a request per send with only reference-count clones of its parts; a
 //! [`Connection`] wraps hyper's low-level `http1` client handshake over a
 //! `TCP_NODELAY` socket and sends one request at a time, draining the answer
-//! frame by frame without collecting it (unless an error body is wanted).
+//! frame by frame without collecting it (unless an error body is wanted), or
+//! handing each frame to a callback as it arrives (streamed answers).
 
 use std::time::Duration;
 
@@ -175,6 +176,27 @@ impl Connection {
         }
     }
 
+    /// Sends one request and hands every data frame of the answer, whatever
+    /// its status, to `on_data` as it arrives (for streamed answers, where
+    /// the arrival times matter); returns the status once the body has
+    /// ended. There is no timeout here: wrap the call in one.
+    pub async fn stream(
+        &mut self,
+        target: &Target,
+        mut on_data: impl FnMut(&[u8]),
+    ) -> Result<StatusCode, hyper::Error> {
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(target.request()).await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                on_data(data);
+            }
+        }
+        Ok(status)
+    }
+
     async fn exchange(
         &mut self,
         target: &Target,
@@ -204,13 +226,23 @@ impl Connection {
 /// whole body (capped at 4 KiB) whatever the status: for probes and health
 /// checks, not for load.
 pub async fn probe(target: &Target, timeout: Duration) -> anyhow::Result<(StatusCode, Bytes)> {
+    fetch(target, timeout, ERROR_BODY_LIMIT).await
+}
+
+/// Like [`probe`], with the body capped at `limit` bytes instead (for
+/// answers larger than an error, such as `/metrics`).
+pub async fn fetch(
+    target: &Target,
+    timeout: Duration,
+    limit: usize,
+) -> anyhow::Result<(StatusCode, Bytes)> {
     let work = async {
         let mut conn = Connection::open(target).await?;
         conn.sender.ready().await?;
         let resp = conn.sender.send_request(target.request()).await?;
         let status = resp.status();
         let body = resp.into_body().collect().await?.to_bytes();
-        anyhow::Ok((status, body.slice(..body.len().min(ERROR_BODY_LIMIT))))
+        anyhow::Ok((status, body.slice(..body.len().min(limit))))
     };
     tokio::time::timeout(timeout, work)
         .await

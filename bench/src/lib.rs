@@ -14,9 +14,15 @@
 //!   readiness detection, health polling).
 //! - [`overhead`]: the gateway-overhead scenario (mock direct versus through
 //!   the gateway).
+//! - [`sse`]: incremental parsing of server-sent events and chat chunks.
+//! - [`streams`]: concurrent streamed chat completions (one round of the
+//!   engine benchmark) and their statistics.
+//! - [`roofline`]: memory-bandwidth measurement and the decode roofline.
+//! - [`engine`]: the local-engine scenario (the gateway's in-process model
+//!   under 1 to 64 streams, against llama.cpp and the roofline).
 //! - [`results`]: provenance of a result (UTC date, machine, command line,
 //!   commit) and writing the JSON / Markdown pair.
-//! - [`report_md`]: the Markdown rendering of the overhead result.
+//! - [`report_md`]: the Markdown rendering of the results.
 //!
 //! [`build_runtime`] makes the tokio runtimes of both sides with an explicit
 //! number of worker threads: the benchmark shares a small machine between the
@@ -24,14 +30,18 @@
 //! thread and leaves the remaining cores to the gateway under test.
 
 pub mod client;
+pub mod engine;
 pub mod load;
 pub mod mock;
 pub mod overhead;
 pub mod procs;
 pub mod report_md;
 pub mod results;
+pub mod roofline;
 pub mod schedule;
+pub mod sse;
 pub mod stats;
+pub mod streams;
 
 /// Builds a tokio runtime with `threads` worker threads.
 ///

@@ -7,9 +7,9 @@
 //! throughput) and at 1 connection (the latency, and the latency the gateway
 //! adds). Children are killed when the scenario ends, on error included.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::client::{Target, probe};
 use crate::load::{self, LoadConfig};
-use crate::procs::{ChildGuard, TempFile, free_port, spawn_mock};
+use crate::procs::{TempFile, free_port, spawn_aigw, spawn_mock};
 use crate::results::{Machine, UtcTime, command_line, git_commit, write_pair};
 use crate::stats::{LoadReport, fmt_us};
 
@@ -162,20 +162,6 @@ fn check_gateway_binary(cfg: &OverheadConfig) -> anyhow::Result<Option<PathBuf>>
     Ok(Some(path.clone()))
 }
 
-fn spawn_gateway(aigw: &PathBuf, config: &TempFile, log: &TempFile) -> anyhow::Result<ChildGuard> {
-    let log_file = std::fs::File::create(log.path())
-        .with_context(|| format!("cannot create {}", log.path().display()))?;
-    let mut cmd = Command::new(aigw);
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(config.path())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file);
-    ChildGuard::spawn("aigw gateway", &mut cmd, Some(log.path().to_owned()))
-}
-
 /// Checks that one request through `target` gets a chat completion back
 /// before loading it.
 async fn check_answers(name: &str, target: &Target, timeout: Duration) -> anyhow::Result<()> {
@@ -220,7 +206,12 @@ pub fn run(cfg: &OverheadConfig) -> anyhow::Result<OverheadReport> {
         let port = free_port()?;
         std::fs::write(config.path(), gateway_config(port, mock_addr))
             .with_context(|| format!("cannot write {}", config.path().display()))?;
-        let mut guard = spawn_gateway(aigw, &config, &log)?;
+        let args = [
+            OsStr::new("serve"),
+            OsStr::new("--config"),
+            config.path().as_os_str(),
+        ];
+        let mut guard = spawn_aigw(aigw, &args, &[("RUST_LOG", "warn".to_owned())], &log)?;
         let gw = Arc::new(Target::new(
             &format!("http://127.0.0.1:{port}/v1/chat/completions"),
             body,

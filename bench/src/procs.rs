@@ -4,6 +4,7 @@
 //! dropped, so an early return or a panic never leaves a mock or a gateway
 //! running. A [`TempFile`] removes its file the same way.
 
+use std::ffi::OsStr;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -176,6 +177,25 @@ impl Drop for TempFile {
 pub fn free_port() -> std::io::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// Spawns the gateway binary `aigw` with `args` and extra `env` variables;
+/// its stdout and stderr go to `log` (shown if it dies early).
+pub fn spawn_aigw<S: AsRef<OsStr>>(
+    aigw: &Path,
+    args: &[S],
+    env: &[(&str, String)],
+    log: &TempFile,
+) -> anyhow::Result<ChildGuard> {
+    let log_file = std::fs::File::create(log.path())
+        .with_context(|| format!("cannot create {}", log.path().display()))?;
+    let mut cmd = Command::new(aigw);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    ChildGuard::spawn("aigw gateway", &mut cmd, Some(log.path().to_owned()))
 }
 
 /// Spawns this executable as `mock-upstream` on an ephemeral port with

@@ -1,8 +1,13 @@
-//! Markdown rendering of the gateway-overhead result, for people and PRs.
+//! Markdown rendering of the results, for people and PRs: the
+//! gateway-overhead result ([`render`]) and the local-engine result
+//! ([`render_engine`]), which share the provenance paragraph and the table
+//! of targets.
 
 use std::fmt::Write as _;
 
-use crate::overhead::{HIGH_CONCURRENCY, OverheadReport, Run};
+use crate::engine::{EngineReport, Round};
+use crate::overhead::{HIGH_CONCURRENCY, OverheadReport, Run, TargetCheck};
+use crate::results::Machine;
 use crate::stats::fmt_us;
 
 fn or_na<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
@@ -15,6 +20,42 @@ fn signed_us(v: i64) -> String {
     } else {
         format!("+{}", fmt_us(v as f64))
     }
+}
+
+/// The provenance paragraph: when, where, at which commit, and the command.
+pub fn provenance(
+    out: &mut String,
+    timestamp: &str,
+    m: &Machine,
+    commit: Option<&str>,
+    command: &str,
+) {
+    let _ = writeln!(
+        out,
+        "Measured {timestamp} on {} ({} CPUs, {} memory, kernel {}) at commit {}.\n",
+        m.cpu,
+        m.cores,
+        m.memory,
+        m.kernel,
+        commit.unwrap_or("unknown")
+    );
+    let _ = writeln!(out, "Command: `{command}`\n");
+}
+
+/// The table of targets with their verdicts.
+pub fn targets_table(targets: &[TargetCheck]) -> String {
+    let mut out = String::from("| Target | Goal | Measured | Status |\n|---|---|---|---|\n");
+    for t in targets {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            t.name,
+            t.goal,
+            t.measured.as_deref().unwrap_or("n/a"),
+            t.status
+        );
+    }
+    out
 }
 
 /// The table of all runs.
@@ -48,20 +89,15 @@ pub fn runs_table(runs: &[Run]) -> String {
 /// The whole Markdown document.
 pub fn render(r: &OverheadReport) -> String {
     let s = &r.summary;
-    let m = &r.machine;
     let mut out = String::new();
     let _ = writeln!(out, "# Gateway overhead — {}\n", r.date);
-    let _ = writeln!(
-        out,
-        "Measured {} on {} ({} CPUs, {} memory, kernel {}) at commit {}.\n",
-        r.timestamp,
-        m.cpu,
-        m.cores,
-        m.memory,
-        m.kernel,
-        r.git_commit.as_deref().unwrap_or("unknown")
+    provenance(
+        &mut out,
+        &r.timestamp,
+        &r.machine,
+        r.git_commit.as_deref(),
+        &r.command,
     );
-    let _ = writeln!(out, "Command: `{}`\n", r.command);
     let _ = writeln!(
         out,
         "Each run: closed loop, non-streaming chat completion `{}`, {} s measured after {} s warmup. \
@@ -100,17 +136,8 @@ pub fn render(r: &OverheadReport) -> String {
             s.errors
         );
     }
-    out.push_str("\n## Targets\n\n| Target | Goal | Measured | Status |\n|---|---|---|---|\n");
-    for t in &r.targets {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} |",
-            t.name,
-            t.goal,
-            t.measured.as_deref().unwrap_or("n/a"),
-            t.status
-        );
-    }
+    out.push_str("\n## Targets\n\n");
+    out.push_str(&targets_table(&r.targets));
     out.push_str("\n## Runs\n\n");
     out.push_str(&runs_table(&r.runs));
     for run in &r.runs {
@@ -123,6 +150,172 @@ pub fn render(r: &OverheadReport) -> String {
                 err.replace('`', "'")
             );
         }
+    }
+    out
+}
+
+fn ms(v: Option<f64>) -> String {
+    or_na(v, |v| fmt_us(v * 1e3))
+}
+
+fn num(v: Option<f64>, decimals: usize) -> String {
+    or_na(v, |v| format!("{v:.decimals$}"))
+}
+
+/// The table of the engine rounds, one row per concurrency.
+pub fn engine_rounds_table(rounds: &[Round]) -> String {
+    let mut out = String::from(
+        "| Streams | Errors | TTFT p50 | TTFT p90 | TTFT max | Decode tok/s per stream | \
+         Aggregate tok/s | Mean batch | Peak active | Wall |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rounds {
+        let s = &r.summary;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {:.2}s |",
+            r.concurrency,
+            s.errors,
+            ms(s.ttft_ms_p50),
+            ms(s.ttft_ms_p90),
+            ms(s.ttft_ms_max),
+            num(s.decode_tok_s_mean, 1),
+            s.aggregate_tok_s,
+            num(r.mean_batch, 1),
+            or_na(r.max_active, |v| v.to_string()),
+            s.wall_s
+        );
+    }
+    out
+}
+
+/// The whole Markdown document of the local-engine scenario.
+pub fn render_engine(r: &EngineReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "# Local engine (CPU) — {}\n", r.date);
+    provenance(
+        &mut out,
+        &r.timestamp,
+        &r.machine,
+        r.git_commit.as_deref(),
+        &r.command,
+    );
+    let _ = writeln!(
+        out,
+        "Model `{}` served in-process by `{}` (embedded default config) from `{}` ({:.1} MB), \
+         {} engine thread(s) ({}). Each stream is one streamed chat completion on its own \
+         keep-alive connection, user prompt `{}`, greedy (`temperature: 0`), exactly {} tokens \
+         (`ignore_eos: true`, checked against the final usage chunk); the N streams of a round are \
+         sent at once. The load generator (one runtime thread) shares the machine with the gateway.\n",
+        r.model,
+        r.gateway_binary,
+        r.model_file,
+        r.model_file_bytes as f64 / 1e6,
+        r.engine_threads,
+        r.engine_threads_source,
+        r.prompt_template,
+        r.max_tokens
+    );
+    let _ = writeln!(out, "{}\n", r.gpu);
+
+    out.push_str("## Concurrent streams\n\n");
+    out.push_str(&engine_rounds_table(&r.rounds));
+    out.push_str(
+        "\nTTFT: from sending the request to the first content token. Decode tok/s per stream: \
+         (tokens − 1) / (last token − first token), averaged over the streams. Aggregate: all \
+         tokens / wall time of the round (first send to last end of stream). Mean batch: sequences \
+         per engine step over the round, from the `/metrics` counters (prefill steps included). \
+         Peak active: most sequences decoding together, from `GET /load` polled every 200 ms.\n",
+    );
+    for round in &r.rounds {
+        if let Some(err) = &round.summary.first_error {
+            let _ = writeln!(
+                out,
+                "\n**{} of {} streams failed** at {} streams; first: `{}`",
+                round.summary.errors,
+                round.summary.streams,
+                round.concurrency,
+                err.replace('`', "'")
+            );
+        }
+    }
+
+    out.push_str("\n## Single stream: llama.cpp and the roofline\n\n");
+    let one = r.round(1);
+    let ours_decode = one.and_then(|o| o.summary.decode_tok_s_mean);
+    let ours_ttft = one.and_then(|o| o.summary.ttft_ms_p50);
+    let prompt_tokens = one
+        .and_then(|o| o.streams.first())
+        .and_then(|s| s.prompt_tokens);
+    let fraction = |v: Option<f64>| {
+        or_na(v.filter(|_| r.roofline.tok_s > 0.0), |v| {
+            format!("{:.0} %", 100.0 * v / r.roofline.tok_s)
+        })
+    };
+    out.push_str(
+        "| Engine | Prompt tokens | TTFT | Decode tok/s | Share of roofline |\n|---|---:|---:|---:|---:|\n",
+    );
+    let _ = writeln!(
+        out,
+        "| aigw, 1 stream (HTTP + SSE) | {} | {} | {} | {} |",
+        or_na(prompt_tokens, |v| v.to_string()),
+        ms(ours_ttft),
+        num(ours_decode, 1),
+        fraction(ours_decode)
+    );
+    let b = &r.llamacpp;
+    if b.status == "measured" {
+        let res = b.result.as_ref();
+        let field = |k: &str| res.and_then(|v| v.get(k)).cloned().unwrap_or_default();
+        let version = field("llama_cpp_python");
+        let statistic = field("statistic");
+        let _ = writeln!(
+            out,
+            "| llama.cpp (llama-cpp-python {}, {} threads, in-process; {}) | {} | {} | {} | {} |",
+            version.as_str().unwrap_or("?"),
+            field("threads"),
+            statistic.as_str().unwrap_or("?"),
+            or_na(field("prompt_tokens").as_u64(), |v| v.to_string()),
+            ms(b.ttft_ms),
+            num(b.decode_tok_s, 1),
+            fraction(b.decode_tok_s)
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "\nllama.cpp baseline: **{}** ({}).",
+            b.status,
+            b.note
+                .as_deref()
+                .unwrap_or("no reason recorded")
+                .replace('`', "'")
+        );
+    }
+    let bw = &r.bandwidth;
+    let _ = writeln!(
+        out,
+        "\nRoofline: read bandwidth {:.1} GB/s (summing a {} MiB buffer with {} thread(s), best of {}: {}) \
+         / {:.1} MB per token = **{:.0} tok/s** for one stream; single-stream decode through aigw \
+         reaches {}. Approximation: {}.",
+        bw.best_gb_s,
+        bw.bytes >> 20,
+        bw.threads,
+        bw.passes_gb_s.len(),
+        bw.passes_gb_s
+            .iter()
+            .map(|v| format!("{v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        r.roofline.bytes_per_token as f64 / 1e6,
+        r.roofline.tok_s,
+        fraction(ours_decode),
+        r.roofline_note
+    );
+
+    out.push_str("\n## Targets\n\n");
+    out.push_str(&targets_table(&r.targets));
+    if r.rounds.iter().any(|round| round.summary.errors > 0) {
+        out.push_str("\nA round with a failed stream fails the targets that use it.\n");
     }
     out
 }
@@ -240,5 +433,86 @@ mod tests {
         assert!(md.contains("| not met |"));
         assert_eq!(md.matches("\n| gateway |").count(), 2);
         assert_eq!(r.file_stem(), "2026-01-02-gateway-overhead");
+    }
+
+    fn engine_report(baseline: crate::engine::Baseline) -> EngineReport {
+        use crate::engine::tests::round;
+        let mut rounds = vec![round(1, 100.0, 95.0, 0), round(16, 30.0, 400.0, 0)];
+        rounds[0].streams.push(crate::streams::StreamRecord {
+            prompt_tokens: Some(31),
+            ..Default::default()
+        });
+        rounds[1].summary.errors = 1;
+        rounds[1].summary.first_error = Some("stream 3: `boom`".to_owned());
+        let bandwidth = crate::roofline::Bandwidth {
+            bytes: 512 << 20,
+            threads: 2,
+            passes_gb_s: vec![19.0, 20.0, 19.5],
+            best_gb_s: 20.0,
+        };
+        EngineReport {
+            scenario: "cpu-engine",
+            date: "2026-01-02".to_owned(),
+            timestamp: "2026-01-02T03:04:05Z".to_owned(),
+            machine: Machine {
+                cpu: "Test CPU".to_owned(),
+                cores: 2,
+                memory: "8.0 GiB".to_owned(),
+                kernel: "6.1".to_owned(),
+            },
+            command: "aigw-bench engine".to_owned(),
+            git_commit: Some("abc1234".to_owned()),
+            gateway_binary: "target/release/aigw".to_owned(),
+            model: "smollm2-135m-instruct".to_owned(),
+            model_file: "/m/x.gguf".to_owned(),
+            model_file_bytes: 100_000_000,
+            engine_threads: 2,
+            engine_threads_source: "default: one per core".to_owned(),
+            max_tokens: 128,
+            prompt_template: crate::streams::PROMPT_TEMPLATE.to_owned(),
+            targets: crate::engine::check_targets(&rounds, baseline.decode_tok_s),
+            roofline: crate::roofline::Roofline::new(20.0, 100_000_000, Some(100.0)),
+            rounds,
+            llamacpp: baseline,
+            bandwidth,
+            roofline_note: crate::engine::ROOFLINE_NOTE,
+            gpu: crate::engine::GPU_NOTE,
+        }
+    }
+
+    #[test]
+    fn renders_engine_markdown() {
+        let baseline = crate::engine::Baseline::from_output(
+            r#"{"llama_cpp_python":"0.3.36","threads":2,"prompt_tokens":31,"statistic":"median of 3 runs","ttft_ms":25.0,"decode_tok_s":110.0}"#,
+        );
+        let r = engine_report(baseline);
+        let md = render_engine(&r);
+        assert!(
+            md.starts_with("# Local engine (CPU) — 2026-01-02\n"),
+            "{md}"
+        );
+        assert!(md.contains("at commit abc1234"));
+        assert!(md.contains(crate::engine::GPU_NOTE));
+        assert!(
+            md.contains("| 1 | 0 | 50.00ms | 60.00ms | 70.00ms | 100.0 | 95.0 | 0.9 | 1 | 1.35s |"),
+            "{md}"
+        );
+        assert!(md.contains("**1 of 16 streams failed** at 16 streams; first: `stream 3: 'boom'`"));
+        assert!(
+            md.contains("| aigw, 1 stream (HTTP + SSE) | 31 | 50.00ms | 100.0 | 50 % |"),
+            "{md}"
+        );
+        assert!(md.contains("| llama.cpp (llama-cpp-python 0.3.36, 2 threads, in-process; median of 3 runs) | 31 | 25.00ms | 110.0 | 55 % |"), "{md}");
+        assert!(md.contains("**200 tok/s**"), "{md}");
+        assert!(md.contains("| single-stream decode vs llama.cpp |"));
+        assert!(md.contains("| not met |"));
+        assert_eq!(r.file_stem(), "2026-01-02-cpu-engine");
+
+        let skipped = render_engine(&engine_report(crate::engine::Baseline::from_output("")));
+        assert!(
+            skipped.contains("llama.cpp baseline: **failed**"),
+            "{skipped}"
+        );
+        assert!(skipped.contains("| not measured |"));
     }
 }

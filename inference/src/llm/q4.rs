@@ -16,6 +16,8 @@ const QK: usize = 32;
 const BLOCK_BYTES: usize = 20;
 /// Weight rows per parallel task.
 const ROWS_PER_TASK: usize = 32;
+/// Tokens sharing one unpacked weight block in a batched step.
+const TOKEN_TILE: usize = 8;
 
 /// Q4_1 weights of a `[rows, cols]` matrix, scales widened to f32.
 #[derive(Debug, Clone)]
@@ -69,8 +71,36 @@ impl Q4Matrix {
         let blocks = self.cols / QK;
         let acts: Vec<Q8Row> = x.chunks_exact(self.cols).map(quantize_row).collect();
         let kernel = kernel();
+        let batch_kernel = batch_kernel();
         // Row-major by weight row: every task owns whole rows for every token.
         let mut by_row = vec![0f32; self.rows * tokens];
+        if tokens > 1 {
+            // Several tokens: each weight block is unpacked once for a tile of tokens.
+            let refs: Vec<&Q8Row> = acts.iter().collect();
+            by_row
+                .par_chunks_mut(ROWS_PER_TASK * tokens)
+                .enumerate()
+                .for_each(|(task, out)| {
+                    let first = task * ROWS_PER_TASK;
+                    for (i, row_out) in out.chunks_exact_mut(tokens).enumerate() {
+                        let start = (first + i) * blocks;
+                        let s = &self.scales[start..start + blocks];
+                        let q = &self.nibbles[start..start + blocks];
+                        for (tile, ys) in
+                            refs.chunks(TOKEN_TILE).zip(row_out.chunks_mut(TOKEN_TILE))
+                        {
+                            batch_kernel(s, q, tile, ys);
+                        }
+                    }
+                });
+            let mut out = vec![0f32; self.rows * tokens];
+            for r in 0..self.rows {
+                for t in 0..tokens {
+                    out[t * self.rows + r] = by_row[r * tokens + t];
+                }
+            }
+            return out;
+        }
         by_row
             .par_chunks_mut(ROWS_PER_TASK * tokens)
             .enumerate()
@@ -108,6 +138,23 @@ impl Q4Matrix {
 
 /// Dot products of up to four consecutive rows (`blocks` blocks each) with one activation row.
 type Kernel = fn(&[[f32; 2]], &[[u8; 16]], usize, &Q8Row) -> [f32; 4];
+
+/// Dot products of one row with up to [`TOKEN_TILE`] activation rows, into `out`.
+type BatchKernel = fn(&[[f32; 2]], &[[u8; 16]], &[&Q8Row], &mut [f32]);
+
+fn batch_kernel() -> BatchKernel {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        return avx2::dot_tokens;
+    }
+    dot_tokens_scalar
+}
+
+fn dot_tokens_scalar(scales: &[[f32; 2]], nibbles: &[[u8; 16]], xs: &[&Q8Row], out: &mut [f32]) {
+    for (o, x) in out.iter_mut().zip(xs) {
+        *o = dot_scalar(scales, nibbles, x);
+    }
+}
 
 fn kernel() -> Kernel {
     #[cfg(target_arch = "x86_64")]
@@ -196,6 +243,60 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::Q8Row;
+
+    /// Dot products of one row with up to eight activation rows.
+    pub(super) fn dot_tokens(
+        scales: &[[f32; 2]],
+        nibbles: &[[u8; 16]],
+        xs: &[&Q8Row],
+        out: &mut [f32],
+    ) {
+        // SAFETY: `batch_kernel()` hands this function out only when the CPU reports AVX2 and FMA.
+        unsafe { dot_tokens_avx2(scales, nibbles, xs, out) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    fn dot_tokens_avx2(scales: &[[f32; 2]], nibbles: &[[u8; 16]], xs: &[&Q8Row], out: &mut [f32]) {
+        let nt = xs.len().min(out.len()).min(8);
+        if nt == 0 {
+            return;
+        }
+        let n = scales.len().min(nibbles.len());
+        // A full tile of eight (missing tokens repeat the first) keeps the accumulators in
+        // registers: the token loop has a constant trip count and unrolls.
+        let tile: [&Q8Row; 8] = std::array::from_fn(|t| xs[if t < nt { t } else { 0 }]);
+        let values: [&[[i8; 32]]; 8] = std::array::from_fn(|t| &tile[t].values[..n]);
+        let xscales: [&[[f32; 2]]; 8] = std::array::from_fn(|t| &tile[t].scales[..n]);
+        let low = _mm_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut mins = [0f32; 8];
+        for b in 0..n {
+            // SAFETY: reads exactly the 16 bytes of one weight block.
+            let wq = unsafe { _mm_loadu_si128(nibbles[b].as_ptr().cast()) };
+            let lo = _mm_and_si128(wq, low);
+            let hi = _mm_and_si128(_mm_srli_epi16(wq, 4), low);
+            let w = _mm256_set_m128i(hi, lo);
+            let [wd, wm] = scales[b];
+            for t in 0..8 {
+                // SAFETY: reads exactly the 32 bytes of one activation block.
+                let xq = unsafe { _mm256_loadu_si256(values[t][b].as_ptr().cast()) };
+                let sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(w, xq), ones));
+                let [xd, xs] = xscales[t][b];
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(wd * xd), sums, acc[t]);
+                mins[t] += wm * xs;
+            }
+        }
+        for t in 0..nt {
+            let half = _mm_add_ps(
+                _mm256_castps256_ps128(acc[t]),
+                _mm256_extractf128_ps(acc[t], 1),
+            );
+            let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
+            let single = _mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1));
+            out[t] = _mm_cvtss_f32(single) + mins[t];
+        }
+    }
 
     /// Dot products of up to four rows with one activation row.
     pub(super) fn dot4(
