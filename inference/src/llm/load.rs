@@ -51,6 +51,12 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel, LlmError> 
                 return Ok(Linear::q4(m, bias));
             }
         }
+        if cpu && t.dtype() == candle_core::quantized::GgmlDType::Q8_0 {
+            let (rows, cols) = t.shape().dims2()?;
+            if let Some((lo, hi)) = Q4Matrix::split_q8_0(&t.data()?, rows, cols) {
+                return Ok(Linear::q8_split(lo, hi, bias));
+            }
+        }
         Ok(Linear::new(q(t)?, bias))
     };
     let token_embd = get("token_embd.weight")?;

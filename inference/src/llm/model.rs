@@ -27,6 +27,8 @@ enum Weight {
     Candle(QMatMul),
     /// Q4_1 on the CPU, multiplied by [`super::q4`].
     Q4(std::sync::Arc<Q4Matrix>),
+    /// Q8_0 on the CPU as two four-bit matrices whose products add up.
+    Q8Split(std::sync::Arc<(Q4Matrix, Q4Matrix)>),
 }
 
 impl Linear {
@@ -34,6 +36,14 @@ impl Linear {
     pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Self {
         Self {
             weight: Weight::Candle(weight),
+            bias,
+        }
+    }
+
+    /// A Q8_0 projection split into two four-bit halves for this crate's CPU kernel.
+    pub fn q8_split(lo: Q4Matrix, hi: Q4Matrix, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: Weight::Q8Split(std::sync::Arc::new((lo, hi))),
             bias,
         }
     }
@@ -53,6 +63,15 @@ impl Linear {
                 let (tokens, _) = x.dims2()?;
                 let host = x.flatten_all()?.to_vec1::<f32>()?;
                 Tensor::from_vec(w.matmul(&host, tokens), (tokens, w.rows()), x.device())?
+            }
+            Weight::Q8Split(w) => {
+                let (tokens, _) = x.dims2()?;
+                let host = x.flatten_all()?.to_vec1::<f32>()?;
+                let mut y = w.0.matmul(&host, tokens);
+                for (a, b) in y.iter_mut().zip(w.1.matmul(&host, tokens)) {
+                    *a += b;
+                }
+                Tensor::from_vec(y, (tokens, w.0.rows()), x.device())?
             }
         };
         match &self.bias {

@@ -61,6 +61,46 @@ impl Q4Matrix {
         })
     }
 
+    /// Reads raw GGML Q8_0 bytes (f16 scale, 32 signed bytes per block) of a `[rows, cols]`
+    /// matrix as two four-bit matrices whose products add up to the original's: with
+    /// `w + 128 = lo + 16·hi`, `w·x = lo·x + (16·hi)·x − 128·x`, and the `−128·x` term is the
+    /// low matrix's block minimum. Every value is kept exactly, and the product runs on this
+    /// module's kernels in the engine's thread pool.
+    pub fn split_q8_0(bytes: &[u8], rows: usize, cols: usize) -> Option<(Self, Self)> {
+        const Q8_BLOCK: usize = 34;
+        if !cols.is_multiple_of(QK) || bytes.len() != rows * cols / QK * Q8_BLOCK {
+            return None;
+        }
+        let n = bytes.len() / Q8_BLOCK;
+        let mut lo = Self {
+            rows,
+            cols,
+            scales: Vec::with_capacity(n),
+            nibbles: Vec::with_capacity(n),
+        };
+        let mut hi = Self {
+            rows,
+            cols,
+            scales: Vec::with_capacity(n),
+            nibbles: Vec::with_capacity(n),
+        };
+        for b in bytes.chunks_exact(Q8_BLOCK) {
+            let d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
+            let shifted: Vec<u8> = b[2..34]
+                .iter()
+                .map(|&w| (w as i8 as i16 + 128) as u8)
+                .collect();
+            let pack = |f: fn(u8) -> u8| -> [u8; 16] {
+                std::array::from_fn(|j| f(shifted[j]) | (f(shifted[j + 16]) << 4))
+            };
+            lo.scales.push([d, -128.0 * d]);
+            lo.nibbles.push(pack(|v| v & 0x0F));
+            hi.scales.push([16.0 * d, 0.0]);
+            hi.nibbles.push(pack(|v| v >> 4));
+        }
+        Some((lo, hi))
+    }
+
     /// Output width.
     pub fn rows(&self) -> usize {
         self.rows
@@ -101,38 +141,25 @@ impl Q4Matrix {
             }
             return out;
         }
+        // One token (decode): four rows at a time share each activation load.
+        let act = &acts[0];
         by_row
-            .par_chunks_mut(ROWS_PER_TASK * tokens)
+            .par_chunks_mut(ROWS_PER_TASK)
             .enumerate()
             .for_each(|(task, out)| {
                 let first = task * ROWS_PER_TASK;
-                let rows_here = out.len() / tokens;
                 let mut i = 0;
-                while i < rows_here {
-                    // Four rows at a time share each activation load.
-                    let n = (rows_here - i).min(4);
+                while i < out.len() {
+                    let n = (out.len() - i).min(4);
                     let start = (first + i) * blocks;
                     let s = &self.scales[start..start + n * blocks];
                     let q = &self.nibbles[start..start + n * blocks];
-                    for (t, act) in acts.iter().enumerate() {
-                        let ys = kernel(s, q, blocks, act);
-                        for j in 0..n {
-                            out[(i + j) * tokens + t] = ys[j];
-                        }
-                    }
+                    let ys = kernel(s, q, blocks, act);
+                    out[i..i + n].copy_from_slice(&ys[..n]);
                     i += n;
                 }
             });
-        if tokens == 1 {
-            return by_row;
-        }
-        let mut out = vec![0f32; self.rows * tokens];
-        for r in 0..self.rows {
-            for t in 0..tokens {
-                out[t * self.rows + r] = by_row[r * tokens + t];
-            }
-        }
-        out
+        by_row
     }
 }
 
@@ -143,6 +170,10 @@ type Kernel = fn(&[[f32; 2]], &[[u8; 16]], usize, &Q8Row) -> [f32; 4];
 type BatchKernel = fn(&[[f32; 2]], &[[u8; 16]], &[&Q8Row], &mut [f32]);
 
 fn batch_kernel() -> BatchKernel {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        return avx512::dot_tokens;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         return avx2::dot_tokens;
@@ -157,6 +188,10 @@ fn dot_tokens_scalar(scales: &[[f32; 2]], nibbles: &[[u8; 16]], xs: &[&Q8Row], o
 }
 
 fn kernel() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available() {
+        return avx512::dot4;
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         return avx2::dot4;
@@ -348,6 +383,148 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(
+    unsafe_code,
+    reason = "AVX-512 intrinsics; entered only after runtime feature detection"
+)]
+mod avx512 {
+    //! Two blocks per instruction: `vpdpbusd` multiplies 64 unsigned weight nibbles by 64
+    //! signed activations and sums each group of four into sixteen 32-bit lanes, eight per
+    //! block, replacing AVX2's multiply-add pair.
+    use std::arch::x86_64::*;
+
+    use super::Q8Row;
+
+    /// Whether this CPU runs these kernels.
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+
+    /// Weights of blocks `b` and `b + 1` as 64 bytes laid out like two activation blocks:
+    /// low nibbles are values 0..16 of a block, high nibbles 16..32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    fn unpack_pair(pair: &[[u8; 16]]) -> __m512i {
+        // SAFETY: `pair` holds two blocks, 32 contiguous bytes.
+        let q = unsafe { _mm256_loadu_si256(pair.as_ptr().cast()) };
+        let low = _mm256_set1_epi8(0x0F);
+        let lo = _mm256_and_si256(q, low);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+        // Lanes [lo_b, lo_b1, hi_b, hi_b1] → [lo_b, hi_b, lo_b1, hi_b1].
+        let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        _mm512_shuffle_i64x2(z, z, 0b11_01_10_00)
+    }
+
+    /// The scale of block `b` in lanes 0..8 and of block `b + 1` in lanes 8..16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    fn pair_scale(s0: f32, s1: f32) -> __m512 {
+        _mm512_insertf32x8(_mm512_set1_ps(s0), _mm256_set1_ps(s1), 1)
+    }
+
+    /// Dot products of one row with up to eight activation rows.
+    pub(super) fn dot_tokens(
+        scales: &[[f32; 2]],
+        nibbles: &[[u8; 16]],
+        xs: &[&Q8Row],
+        out: &mut [f32],
+    ) {
+        // SAFETY: `batch_kernel()` hands this function out only when `available()`.
+        unsafe { dot_tokens_512(scales, nibbles, xs, out) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    fn dot_tokens_512(scales: &[[f32; 2]], nibbles: &[[u8; 16]], xs: &[&Q8Row], out: &mut [f32]) {
+        let nt = xs.len().min(out.len()).min(8);
+        if nt == 0 {
+            return;
+        }
+        let n = scales.len().min(nibbles.len());
+        let tile: [&Q8Row; 8] = std::array::from_fn(|t| xs[if t < nt { t } else { 0 }]);
+        let values: [&[[i8; 32]]; 8] = std::array::from_fn(|t| &tile[t].values[..n]);
+        let xscales: [&[[f32; 2]]; 8] = std::array::from_fn(|t| &tile[t].scales[..n]);
+        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut mins = [0f32; 8];
+        let pairs = n / 2;
+        for p in 0..pairs {
+            let b = 2 * p;
+            let w = unpack_pair(&nibbles[b..b + 2]);
+            let ([d0, m0], [d1, m1]) = (scales[b], scales[b + 1]);
+            for t in 0..8 {
+                // SAFETY: two contiguous activation blocks, 64 bytes.
+                let xq = unsafe { _mm512_loadu_si512(values[t][b..b + 2].as_ptr().cast()) };
+                let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xq));
+                let ([xd0, xs0], [xd1, xs1]) = (xscales[t][b], xscales[t][b + 1]);
+                acc[t] = _mm512_fmadd_ps(pair_scale(d0 * xd0, d1 * xd1), sums, acc[t]);
+                mins[t] += m0 * xs0 + m1 * xs1;
+            }
+        }
+        for t in 0..nt {
+            let mut total = _mm512_reduce_add_ps(acc[t]) + mins[t];
+            if n % 2 == 1 {
+                let b = n - 1;
+                total += super::dot_scalar(&scales[b..], &nibbles[b..], &tail(tile[t], b));
+            }
+            out[t] = total;
+        }
+    }
+
+    /// The activation blocks from `b` on, for the scalar tail of an odd block count.
+    fn tail(x: &Q8Row, b: usize) -> Q8Row {
+        Q8Row {
+            scales: x.scales[b..].to_vec(),
+            values: x.values[b..].to_vec(),
+        }
+    }
+
+    /// Dot products of up to four rows with one activation row.
+    pub(super) fn dot4(
+        scales: &[[f32; 2]],
+        nibbles: &[[u8; 16]],
+        blocks: usize,
+        x: &Q8Row,
+    ) -> [f32; 4] {
+        // SAFETY: `kernel()` hands this function out only when `available()`.
+        unsafe { dot4_512(scales, nibbles, blocks, x) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+    fn dot4_512(scales: &[[f32; 2]], nibbles: &[[u8; 16]], blocks: usize, x: &Q8Row) -> [f32; 4] {
+        let rows = (scales.len() / blocks).min(4);
+        let n = blocks.min(x.values.len()).min(x.scales.len());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut mins = [0f32; 4];
+        let pairs = n / 2;
+        for p in 0..pairs {
+            let b = 2 * p;
+            // SAFETY: two contiguous activation blocks, 64 bytes.
+            let xq = unsafe { _mm512_loadu_si512(x.values[b..b + 2].as_ptr().cast()) };
+            let ([xd0, xs0], [xd1, xs1]) = (x.scales[b], x.scales[b + 1]);
+            for r in 0..rows {
+                let k = r * blocks + b;
+                let w = unpack_pair(&nibbles[k..k + 2]);
+                let ([d0, m0], [d1, m1]) = (scales[k], scales[k + 1]);
+                let sums = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xq));
+                acc[r] = _mm512_fmadd_ps(pair_scale(d0 * xd0, d1 * xd1), sums, acc[r]);
+                mins[r] += m0 * xs0 + m1 * xs1;
+            }
+        }
+        let mut out = [0f32; 4];
+        for r in 0..rows {
+            out[r] = _mm512_reduce_add_ps(acc[r]) + mins[r];
+            if n % 2 == 1 {
+                let b = n - 1;
+                let k = r * blocks + b;
+                out[r] += super::dot_scalar(&scales[k..k + 1], &nibbles[k..k + 1], &tail(x, b));
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +615,49 @@ mod tests {
                     "{a:?} vs {b:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn q8_0_split_reproduces_the_q8_product() {
+        let (rows, cols) = (6, 64);
+        let mut bytes = Vec::new();
+        let mut dense = vec![0f32; rows * cols];
+        for r in 0..rows {
+            for b in 0..cols / QK {
+                let d16 = half_bits(0.02 + r as f32 * 0.003);
+                bytes.extend_from_slice(&d16.to_le_bytes());
+                for j in 0..QK {
+                    let w = ((r * 31 + b * 7 + j * 13) % 256) as u8 as i8;
+                    bytes.push(w as u8);
+                    dense[r * cols + b * QK + j] = f16_to_f32(d16) * f32::from(w);
+                }
+            }
+        }
+        let (lo, hi) = Q4Matrix::split_q8_0(&bytes, rows, cols).unwrap();
+        let x: Vec<f32> = (0..cols).map(|i| (i as f32 - 20.0) / 40.0).collect();
+        let y: Vec<f32> = lo
+            .matmul(&x, 1)
+            .iter()
+            .zip(hi.matmul(&x, 1))
+            .map(|(a, b)| a + b)
+            .collect();
+        // The split is exact: it equals the Q8_0 product with the same 8-bit activations.
+        let q = quantize_row(&x);
+        for r in 0..rows {
+            let exact: f32 = (0..cols / QK)
+                .map(|b| {
+                    let ints: f32 = (0..QK)
+                        .map(|j| dense[r * cols + b * QK + j] * f32::from(q.values[b][j]))
+                        .sum();
+                    ints * q.scales[b][0]
+                })
+                .sum();
+            assert!(
+                (y[r] - exact).abs() < 1e-3 * (1.0 + exact.abs()),
+                "r{r}: {} vs {exact}",
+                y[r]
+            );
         }
     }
 
