@@ -267,3 +267,38 @@ async fn a_gateway_routes_to_a_worker_over_http() {
     assert!(smol["generated_tokens"].as_u64().unwrap() > 0);
     assert_eq!(smol["max_batch"], 8);
 }
+
+#[tokio::test]
+async fn bad_token_ids_and_biases_are_refused_and_hurt_no_one_else() {
+    let Some(url) = local_server(LOCAL).await else {
+        return;
+    };
+    let resp = post(
+        &format!("{url}/v1/completions"),
+        &json!({"model": "smol", "prompt": [1, 4_000_000_000u64], "max_tokens": 4}),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "invalid_token");
+    let mut body = chat("smol", "hi", 4);
+    body["logit_bias"] = json!({"42": 1e39});
+    assert_eq!(
+        post(&format!("{url}/v1/chat/completions"), &body)
+            .await
+            .status(),
+        400
+    );
+    // A prompt-only request generates nothing.
+    let out: Value = post(
+        &format!("{url}/v1/completions"),
+        &json!({"model": "smol", "prompt": "Once upon a time", "max_tokens": 0, "echo": true}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(out["choices"][0]["text"], "Once upon a time");
+    assert_eq!(out["usage"]["completion_tokens"], 0);
+    assert_eq!(out["choices"][0]["finish_reason"], "length");
+}

@@ -138,14 +138,24 @@ impl GenParams {
             let id: u32 = k.parse().map_err(|_| {
                 ProviderError::unsupported_param("logit_bias", format!("'{k}' is not a token id."))
             })?;
+            if !(-100.0..=100.0).contains(v) {
+                return Err(ProviderError::unsupported_param(
+                    "logit_bias",
+                    format!("The bias of token {k} must lie in [-100, 100]."),
+                ));
+            }
             bias.insert(id, *v as f32);
         }
-        let extra_f32 = |key: &str| {
-            extra
-                .get(key)
-                .and_then(serde_json::Value::as_f64)
-                .map(|v| v as f32)
-        };
+        let repetition_penalty = extra
+            .get("repetition_penalty")
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(1.0);
+        if !(repetition_penalty > 0.0 && repetition_penalty.is_finite()) {
+            return Err(ProviderError::unsupported_param(
+                "repetition_penalty",
+                "'repetition_penalty' must be a positive number (1 disables it).",
+            ));
+        }
         let top_k = extra
             .get("top_k")
             .and_then(serde_json::Value::as_u64)
@@ -158,7 +168,7 @@ impl GenParams {
                 seed: seed.map(|s| s as u64),
                 presence_penalty: presence_penalty.unwrap_or(0.0) as f32,
                 frequency_penalty: frequency_penalty.unwrap_or(0.0) as f32,
-                repetition_penalty: extra_f32("repetition_penalty").unwrap_or(1.0),
+                repetition_penalty: repetition_penalty as f32,
                 logit_bias: bias,
                 ignore_eos: extra
                     .get("ignore_eos")
@@ -183,6 +193,11 @@ fn submit_error(e: SubmitError) -> ProviderError {
             message: e.to_string(),
             param: Some("prompt".into()),
             code: "empty_prompt",
+        },
+        SubmitError::InvalidToken { .. } => ProviderError::Rejected {
+            message: e.to_string(),
+            param: Some("prompt".into()),
+            code: "invalid_token",
         },
         SubmitError::Stopped => ProviderError::Engine(e.to_string()),
     }

@@ -98,6 +98,14 @@ pub enum SubmitError {
     /// An empty prompt.
     #[error("the prompt is empty")]
     EmptyPrompt,
+    /// A prompt token id outside the vocabulary.
+    #[error("token id {id} is outside this model's vocabulary of {vocab} tokens")]
+    InvalidToken {
+        /// The offending id.
+        id: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
     /// The engine thread is gone.
     #[error("the local engine has stopped")]
     Stopped,
@@ -131,6 +139,7 @@ pub struct LlmEngine {
     codec: Arc<TextCodec>,
     stats: Arc<EngineStats>,
     context_length: usize,
+    vocab_size: usize,
     max_queue: usize,
 }
 
@@ -141,6 +150,7 @@ impl LlmEngine {
         let codec = Arc::new(loaded.codec);
         let stats = Arc::new(EngineStats::default());
         let context_length = loaded.model.config.context_length;
+        let vocab_size = loaded.model.vocab_rows();
         let worker = Worker {
             model: loaded.model,
             codec: codec.clone(),
@@ -165,6 +175,7 @@ impl LlmEngine {
             codec,
             stats,
             context_length,
+            vocab_size,
             max_queue: config.max_queue,
         })
     }
@@ -192,6 +203,16 @@ impl LlmEngine {
     ) -> Result<UnboundedReceiver<GenEvent>, SubmitError> {
         if req.prompt.is_empty() {
             return Err(SubmitError::EmptyPrompt);
+        }
+        if let Some(&id) = req
+            .prompt
+            .iter()
+            .find(|&&id| id as usize >= self.vocab_size)
+        {
+            return Err(SubmitError::InvalidToken {
+                id,
+                vocab: self.vocab_size,
+            });
         }
         if req.prompt.len() >= self.context_length {
             return Err(SubmitError::PromptTooLong {
@@ -373,6 +394,11 @@ impl Worker {
             Ok(g) => g,
             Err(e) => {
                 tracing::error!(error = %e, "reading logits failed");
+                for &i in &last {
+                    let s = &mut self.active[i];
+                    let _ = s.events.send(GenEvent::Failed(e.to_string()));
+                    s.done = true;
+                }
                 return;
             }
         };
@@ -404,7 +430,10 @@ impl Worker {
         let s = &mut self.active[i];
         let mut finish = None;
         let eos = codec.is_eos(token) && !s.sampler.ignores_eos();
-        if eos {
+        if s.max_tokens == 0 {
+            // Nothing to generate (a prompt-only request): the prefill was the whole job.
+            finish = Some(Finish::Length);
+        } else if eos {
             finish = Some(Finish::Stop);
         } else {
             s.generated += 1;

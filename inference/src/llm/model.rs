@@ -171,6 +171,11 @@ impl LlamaModel {
         })
     }
 
+    /// Rows of the embedding table: every valid token id is below this.
+    pub fn vocab_rows(&self) -> usize {
+        self.embed.dims().first().copied().unwrap_or(0)
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device

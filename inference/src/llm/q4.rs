@@ -409,7 +409,8 @@ mod avx512 {
     /// low nibbles are values 0..16 of a block, high nibbles 16..32.
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
     fn unpack_pair(pair: &[[u8; 16]]) -> __m512i {
-        // SAFETY: `pair` holds two blocks, 32 contiguous bytes.
+        assert!(pair.len() >= 2, "two blocks");
+        // SAFETY: `pair` holds (at least) two blocks, 32 contiguous bytes.
         let q = unsafe { _mm256_loadu_si256(pair.as_ptr().cast()) };
         let low = _mm256_set1_epi8(0x0F);
         let lo = _mm256_and_si256(q, low);

@@ -113,8 +113,10 @@ impl Sampler {
             }
         }
         if p.repetition_penalty != 1.0 {
-            let seen = prompt.iter().chain(self.counts.keys());
-            for &id in seen {
+            // Once per distinct token, however often it occurs.
+            let seen: std::collections::HashSet<u32> =
+                prompt.iter().chain(self.counts.keys()).copied().collect();
+            for id in seen {
                 if let Some(l) = logits.get_mut(id as usize) {
                     *l = if *l > 0.0 {
                         *l / p.repetition_penalty
@@ -131,8 +133,17 @@ impl Sampler {
                 }
             }
         }
-        if p.temperature <= 0.0 {
+        // NaN never wins; a +inf logit (a huge bias) wins outright.
+        for l in logits.iter_mut() {
+            if l.is_nan() {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        if p.temperature <= 0.0 || logits.contains(&f32::INFINITY) {
             return argmax(logits);
+        }
+        if p.top_k == 0 && p.top_p >= 1.0 {
+            return self.sample_full(logits);
         }
         // Candidates sorted by logit, cut by top-k.
         let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
@@ -175,6 +186,26 @@ impl Sampler {
             }
         }
         idx[keep - 1]
+    }
+}
+
+impl Sampler {
+    /// Samples from the whole distribution in two passes, without sorting.
+    fn sample_full(&mut self, logits: &[f32]) -> u32 {
+        let t = self.params.temperature;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if !max.is_finite() {
+            return argmax(logits);
+        }
+        let total: f32 = logits.iter().map(|l| ((l - max) / t).exp()).sum();
+        let mut r = self.rng.next_f32() * total;
+        for (i, l) in logits.iter().enumerate() {
+            r -= ((l - max) / t).exp();
+            if r <= 0.0 {
+                return i as u32;
+            }
+        }
+        argmax(logits)
     }
 }
 
@@ -241,6 +272,34 @@ mod tests {
         });
         // Tokens 1 and 4 hold over half the mass; 0 and 3 never appear.
         assert!((0..200).all(|_| matches!(s.sample(&mut logits(), &[]), 1 | 4)));
+    }
+
+    #[test]
+    fn non_finite_logits_do_not_pick_the_worst_token() {
+        let mut s = Sampler::new(SamplingParams {
+            seed: Some(3),
+            ..Default::default()
+        });
+        let mut with_nan = vec![1.0, f32::NAN, 5.0, 0.0];
+        assert!((0..50).all(|_| s.sample(&mut with_nan.clone(), &[]) != 1));
+        with_nan[3] = f32::INFINITY;
+        assert_eq!(
+            s.sample(&mut with_nan, &[]),
+            3,
+            "a +inf logit wins outright"
+        );
+    }
+
+    #[test]
+    fn repetition_penalty_applies_once_per_distinct_token() {
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 0.0,
+            repetition_penalty: 2.0,
+            ..Default::default()
+        });
+        // Token 1 appears many times in the prompt: penalised once (3.0 / 2 = 1.5 > 1.0).
+        let mut l = vec![1.0, 3.0, 0.0];
+        assert_eq!(s.sample(&mut l, &[1; 20]), 1);
     }
 
     #[test]
