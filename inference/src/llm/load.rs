@@ -186,10 +186,11 @@ pub fn load_safetensors_dir(dir: &Path, device: &Device) -> Result<LoadedModel, 
     Ok(LoadedModel { model, codec })
 }
 
-/// Candle has SIMD kernels for some GGML block types only; others run a scalar loop many
-/// times slower. Those weights are re-quantized at load time to Q8_0, which keeps their
-/// values (8-bit blocks of 32 hold every 4/5-bit level with room to spare) and runs on the
-/// AVX2 kernel.
+/// On the CPU, candle has SIMD kernels for some GGML block types only; others (those this
+/// crate has no kernel for either) run a scalar loop many times slower. Those weights are
+/// re-quantized at load time to Q8_0, which keeps their values (8-bit blocks of 32 hold every
+/// 4/5-bit level with room to spare) and runs on candle's AVX2 kernel. Accelerators keep
+/// the file's types.
 fn fast_layout(
     t: Arc<candle_core::quantized::QTensor>,
 ) -> Result<Arc<candle_core::quantized::QTensor>, LlmError> {
@@ -198,7 +199,7 @@ fn fast_layout(
         t.dtype(),
         GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_1
     );
-    if !slow || std::env::var("AIGW_KEEP_QUANT").is_ok() {
+    if !slow || !t.device().is_cpu() {
         return Ok(t);
     }
     let dense = t.dequantize(&t.device())?;
