@@ -85,77 +85,61 @@ pub trait Generation: Sized + Send + 'static {
     ) -> BoxFuture<'a, Result<ChunkStream<Self::Chunk>, ProviderError>>;
 }
 
-impl Generation for ChatCompletionRequest {
-    type Full = ChatCompletionResponse;
-    type Chunk = ChatCompletionChunk;
+/// The two generation requests differ only in their types and the provider methods they call.
+macro_rules! generation {
+    ($req:ty, $full:ty, $chunk:ty, $call:ident, $call_stream:ident) => {
+        impl Generation for $req {
+            type Full = $full;
+            type Chunk = $chunk;
 
-    fn model(&self) -> &str {
-        &self.model
-    }
-    fn validate(&self) -> Result<(), InvalidParam> {
-        ChatCompletionRequest::validate(self)
-    }
-    fn set_model(&mut self, upstream_model: &str) {
-        upstream_model.clone_into(&mut self.model);
-    }
-    fn stream_usage(&self) -> Option<bool> {
-        self.is_stream().then(|| self.wants_stream_usage())
-    }
-    fn relabel<'a>(full: &'a mut Self::Full, alias: &str) -> Option<&'a Usage> {
-        alias.clone_into(&mut full.model);
-        full.usage.as_ref()
-    }
-    fn call<'a>(
-        provider: &'a dyn Provider,
-        req: Self,
-        ctx: &'a CallContext,
-    ) -> BoxFuture<'a, Result<Self::Full, ProviderError>> {
-        provider.chat(req, ctx)
-    }
-    fn call_stream<'a>(
-        provider: &'a dyn Provider,
-        req: Self,
-        ctx: &'a CallContext,
-    ) -> BoxFuture<'a, Result<ChunkStream<Self::Chunk>, ProviderError>> {
-        provider.chat_stream(req, ctx)
-    }
+            fn model(&self) -> &str {
+                &self.model
+            }
+            fn validate(&self) -> Result<(), InvalidParam> {
+                <$req>::validate(self)
+            }
+            fn set_model(&mut self, upstream_model: &str) {
+                upstream_model.clone_into(&mut self.model);
+            }
+            fn stream_usage(&self) -> Option<bool> {
+                self.is_stream().then(|| self.wants_stream_usage())
+            }
+            fn relabel<'a>(full: &'a mut Self::Full, alias: &str) -> Option<&'a Usage> {
+                alias.clone_into(&mut full.model);
+                full.usage.as_ref()
+            }
+            fn call<'a>(
+                provider: &'a dyn Provider,
+                req: Self,
+                ctx: &'a CallContext,
+            ) -> BoxFuture<'a, Result<Self::Full, ProviderError>> {
+                provider.$call(req, ctx)
+            }
+            fn call_stream<'a>(
+                provider: &'a dyn Provider,
+                req: Self,
+                ctx: &'a CallContext,
+            ) -> BoxFuture<'a, Result<ChunkStream<Self::Chunk>, ProviderError>> {
+                provider.$call_stream(req, ctx)
+            }
+        }
+    };
 }
 
-impl Generation for CompletionRequest {
-    type Full = CompletionResponse;
-    type Chunk = CompletionResponse;
-
-    fn model(&self) -> &str {
-        &self.model
-    }
-    fn validate(&self) -> Result<(), InvalidParam> {
-        CompletionRequest::validate(self)
-    }
-    fn set_model(&mut self, upstream_model: &str) {
-        upstream_model.clone_into(&mut self.model);
-    }
-    fn stream_usage(&self) -> Option<bool> {
-        self.is_stream().then(|| self.wants_stream_usage())
-    }
-    fn relabel<'a>(full: &'a mut Self::Full, alias: &str) -> Option<&'a Usage> {
-        alias.clone_into(&mut full.model);
-        full.usage.as_ref()
-    }
-    fn call<'a>(
-        provider: &'a dyn Provider,
-        req: Self,
-        ctx: &'a CallContext,
-    ) -> BoxFuture<'a, Result<Self::Full, ProviderError>> {
-        provider.completion(req, ctx)
-    }
-    fn call_stream<'a>(
-        provider: &'a dyn Provider,
-        req: Self,
-        ctx: &'a CallContext,
-    ) -> BoxFuture<'a, Result<ChunkStream<Self::Chunk>, ProviderError>> {
-        provider.completion_stream(req, ctx)
-    }
-}
+generation!(
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionChunk,
+    chat,
+    chat_stream
+);
+generation!(
+    CompletionRequest,
+    CompletionResponse,
+    CompletionResponse,
+    completion,
+    completion_stream
+);
 
 /// `POST /v1/chat/completions` and `POST /v1/completions`.
 pub async fn generate<G: Generation>(
