@@ -6,6 +6,7 @@
 //! structured output, log probabilities) are refused with a 400 naming them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use aigw_inference::llm::engine::{Finish, GenEvent, GenerationRequest, LlmEngine, SubmitError};
 use aigw_inference::llm::sampling::SamplingParams;
@@ -260,6 +261,23 @@ fn merged(
     }))
 }
 
+/// After the merged choices end: an error if some choice never finished (its sequence was
+/// dropped by the engine), so the stream cannot end as if it had completed.
+fn unfinished<T: Send + 'static>(
+    remaining: Arc<AtomicU32>,
+) -> impl futures::Stream<Item = Result<T, ProviderError>> + Send {
+    // Polled only once the choices' streams have ended.
+    futures::stream::once(async move { remaining.load(Ordering::Relaxed) }).filter_map(
+        |left| async move {
+            (left > 0).then(|| {
+                Err(ProviderError::Engine(
+                    "the engine dropped the sequence".into(),
+                ))
+            })
+        },
+    )
+}
+
 fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
@@ -339,7 +357,8 @@ impl Provider for LocalChatProvider {
                 Ok(chunk(vec![choice(i, delta, None)], None))
             })
             .collect();
-        let mut remaining = n;
+        let remaining = Arc::new(AtomicU32::new(n));
+        let left = remaining.clone();
         let prompt_tokens = prompt.len() as u64;
         let mut completion_total = 0;
         let events = merged(rxs).filter_map(move |(i, ev)| {
@@ -357,12 +376,12 @@ impl Provider for LocalChatProvider {
                     ..
                 } => {
                     completion_total += completion_tokens;
-                    remaining -= 1;
+                    let now = remaining.fetch_sub(1, Ordering::Relaxed) - 1;
                     let mut out = vec![Ok(chunk(
                         vec![choice(i, ChatDelta::default(), Some(finish_reason(reason)))],
                         None,
                     ))];
-                    if remaining == 0 {
+                    if now == 0 {
                         let total = Usage::new(prompt_tokens, completion_total);
                         out.push(Ok(chunk(Vec::new(), Some(total))));
                     }
@@ -374,6 +393,7 @@ impl Provider for LocalChatProvider {
         });
         Ok(futures::stream::iter(opening)
             .chain(events.flatten())
+            .chain(unfinished(left))
             .boxed())
     }
 
@@ -450,7 +470,8 @@ impl Provider for LocalChatProvider {
             finish_reason: finish,
             extra: Extra::new(),
         };
-        let mut remaining = n;
+        let remaining = Arc::new(AtomicU32::new(n));
+        let left = remaining.clone();
         let mut completion_tokens = 0;
         let prompt_tokens = ids.len() as u64;
         let events = merged(rxs).map(move |(i, ev)| {
@@ -462,12 +483,12 @@ impl Provider for LocalChatProvider {
                     ..
                 } => {
                     completion_tokens += c;
-                    remaining -= 1;
+                    let now = remaining.fetch_sub(1, Ordering::Relaxed) - 1;
                     let mut out = vec![Ok(chunk(
                         vec![choice(i, String::new(), Some(finish_reason(reason)))],
                         None,
                     ))];
-                    if remaining == 0 {
+                    if now == 0 {
                         out.push(Ok(chunk(
                             Vec::new(),
                             Some(Usage::new(prompt_tokens, completion_tokens)),
@@ -479,7 +500,7 @@ impl Provider for LocalChatProvider {
             };
             futures::stream::iter(out)
         });
-        Ok(events.flatten().boxed())
+        Ok(events.flatten().chain(unfinished(left)).boxed())
     }
 
     async fn health(&self) -> Result<(), ProviderError> {
