@@ -40,11 +40,6 @@ impl UpstreamHealth {
         self.status.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Whether every provider answered its last probe.
-    pub fn all_up(&self) -> bool {
-        self.snapshot().values().all(|r| *r == ProbeResult::Up)
-    }
-
     fn set(&self, provider: &str, result: ProbeResult) {
         if let Ok(mut s) = self.status.write() {
             s.insert(provider.to_string(), result);

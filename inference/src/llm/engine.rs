@@ -320,32 +320,29 @@ impl Worker {
     }
 
     fn step(&mut self) {
-        // What each sequence feeds this step: a prompt chunk, or its last token.
+        // What each sequence feeds this step: a prompt chunk, its last token (an empty
+        // range), or nothing when the prefill budget is spent (`None`).
         let mut budget = self.config.prefill_chunk;
-        let mut plan: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
-        for (i, s) in self.active.iter().enumerate() {
-            if s.prefilled < s.prompt.len() {
+        let plan: Vec<Option<std::ops::Range<usize>>> = self
+            .active
+            .iter()
+            .map(|s| {
+                if s.prefilled >= s.prompt.len() {
+                    return Some(0..0);
+                }
                 if budget == 0 {
-                    continue;
+                    return None;
                 }
                 let end = s.prompt.len().min(s.prefilled + budget);
                 budget -= end - s.prefilled;
-                plan.push((i, s.prefilled..end));
-            } else {
-                plan.push((i, 0..0));
-            }
-        }
+                Some(s.prefilled..end)
+            })
+            .collect();
         let mut last = Vec::with_capacity(plan.len());
         let logits = {
             let mut batch = Vec::with_capacity(plan.len());
-            let mut rest: &mut [Sequence] = &mut self.active;
-            let mut consumed = 0;
-            for (i, range) in &plan {
-                let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - consumed);
-                let (seq, tail) = tail.split_at_mut(1);
-                rest = tail;
-                consumed = i + 1;
-                let seq = &mut seq[0];
+            for (i, (seq, range)) in self.active.iter_mut().zip(&plan).enumerate() {
+                let Some(range) = range else { continue };
                 let prefill = !range.is_empty();
                 let tokens: &[u32] = if prefill {
                     &seq.prompt[range.clone()]
@@ -354,7 +351,7 @@ impl Worker {
                 };
                 let want_logits = !prefill || range.end == seq.prompt.len();
                 if want_logits {
-                    last.push(*i);
+                    last.push(i);
                 }
                 batch.push(StepSeq {
                     tokens,
@@ -368,9 +365,8 @@ impl Worker {
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             self.model.forward(&mut batch)
         };
-        for (i, range) in &plan {
-            let s = &mut self.active[*i];
-            if !range.is_empty() {
+        for (s, range) in self.active.iter_mut().zip(&plan) {
+            if let Some(range) = range.as_ref().filter(|r| !r.is_empty()) {
                 self.stats
                     .prompt_tokens
                     .fetch_add(range.len() as u64, Ordering::Relaxed);
@@ -382,8 +378,12 @@ impl Worker {
             Ok(None) => return,
             Err(e) => {
                 tracing::error!(error = %e, "forward pass failed");
-                for (i, _) in &plan {
-                    let s = &mut self.active[*i];
+                for (s, _) in self
+                    .active
+                    .iter_mut()
+                    .zip(&plan)
+                    .filter(|(_, r)| r.is_some())
+                {
                     let _ = s.events.send(GenEvent::Failed(e.to_string()));
                     s.done = true;
                 }

@@ -181,6 +181,28 @@ fn batch_kernel() -> BatchKernel {
     dot_tokens_scalar
 }
 
+/// The activations of a batched kernel call as a full tile of eight tokens (missing ones
+/// repeat the first), so the kernels' token loops have a constant trip count, unroll, and keep
+/// their accumulators in registers. Returns the real token count (`None` when zero) and each
+/// token's first `blocks` value blocks and scales.
+#[allow(clippy::type_complexity)]
+fn token_tile<'a>(
+    xs: &[&'a Q8Row],
+    outputs: usize,
+    blocks: usize,
+) -> Option<(usize, [&'a [[i8; 32]]; 8], [&'a [[f32; 2]]; 8])> {
+    let nt = xs.len().min(outputs).min(TOKEN_TILE);
+    if nt == 0 {
+        return None;
+    }
+    let row = |t: usize| xs[if t < nt { t } else { 0 }];
+    Some((
+        nt,
+        std::array::from_fn(|t| &row(t).values[..blocks]),
+        std::array::from_fn(|t| &row(t).scales[..blocks]),
+    ))
+}
+
 fn dot_tokens_scalar(scales: &[[f32; 2]], nibbles: &[[u8; 16]], xs: &[&Q8Row], out: &mut [f32]) {
     for (o, x) in out.iter_mut().zip(xs) {
         *o = dot_scalar(scales, nibbles, x);
@@ -292,16 +314,10 @@ mod avx2 {
 
     #[target_feature(enable = "avx2,fma")]
     fn dot_tokens_avx2(scales: &[[f32; 2]], nibbles: &[[u8; 16]], xs: &[&Q8Row], out: &mut [f32]) {
-        let nt = xs.len().min(out.len()).min(8);
-        if nt == 0 {
-            return;
-        }
         let n = scales.len().min(nibbles.len());
-        // A full tile of eight (missing tokens repeat the first) keeps the accumulators in
-        // registers: the token loop has a constant trip count and unrolls.
-        let tile: [&Q8Row; 8] = std::array::from_fn(|t| xs[if t < nt { t } else { 0 }]);
-        let values: [&[[i8; 32]]; 8] = std::array::from_fn(|t| &tile[t].values[..n]);
-        let xscales: [&[[f32; 2]]; 8] = std::array::from_fn(|t| &tile[t].scales[..n]);
+        let Some((nt, values, xscales)) = super::token_tile(xs, out.len(), n) else {
+            return;
+        };
         let low = _mm_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); 8];
@@ -323,14 +339,16 @@ mod avx2 {
             }
         }
         for t in 0..nt {
-            let half = _mm_add_ps(
-                _mm256_castps256_ps128(acc[t]),
-                _mm256_extractf128_ps(acc[t], 1),
-            );
-            let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
-            let single = _mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1));
-            out[t] = _mm_cvtss_f32(single) + mins[t];
+            out[t] = hsum(acc[t]) + mins[t];
         }
+    }
+
+    /// The sum of the eight lanes.
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)))
     }
 
     /// Dot products of up to four rows with one activation row.
@@ -371,13 +389,7 @@ mod avx2 {
         }
         let mut out = [0f32; 4];
         for r in 0..rows {
-            let half = _mm_add_ps(
-                _mm256_castps256_ps128(acc[r]),
-                _mm256_extractf128_ps(acc[r], 1),
-            );
-            let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
-            let single = _mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1));
-            out[r] = _mm_cvtss_f32(single) + mins[r];
+            out[r] = hsum(acc[r]) + mins[r];
         }
         out
     }
@@ -439,14 +451,10 @@ mod avx512 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
     fn dot_tokens_512(scales: &[[f32; 2]], nibbles: &[[u8; 16]], xs: &[&Q8Row], out: &mut [f32]) {
-        let nt = xs.len().min(out.len()).min(8);
-        if nt == 0 {
-            return;
-        }
         let n = scales.len().min(nibbles.len());
-        let tile: [&Q8Row; 8] = std::array::from_fn(|t| xs[if t < nt { t } else { 0 }]);
-        let values: [&[[i8; 32]]; 8] = std::array::from_fn(|t| &tile[t].values[..n]);
-        let xscales: [&[[f32; 2]]; 8] = std::array::from_fn(|t| &tile[t].scales[..n]);
+        let Some((nt, values, xscales)) = super::token_tile(xs, out.len(), n) else {
+            return;
+        };
         let mut acc = [_mm512_setzero_ps(); 8];
         let mut mins = [0f32; 8];
         let pairs = n / 2;
@@ -467,7 +475,7 @@ mod avx512 {
             let mut total = _mm512_reduce_add_ps(acc[t]) + mins[t];
             if n % 2 == 1 {
                 let b = n - 1;
-                total += super::dot_scalar(&scales[b..], &nibbles[b..], &tail(tile[t], b));
+                total += super::dot_scalar(&scales[b..], &nibbles[b..], &tail(xs[t], b));
             }
             out[t] = total;
         }
@@ -605,16 +613,45 @@ mod tests {
                 .map(|i| (i as f32 - 30.0) / 17.0)
                 .collect::<Vec<_>>(),
         );
+        // Every kernel this CPU can run, not only the one `kernel()` picks.
+        let mut row_kernels: Vec<Kernel> = vec![kernel()];
+        let mut batch_kernels: Vec<BatchKernel> = vec![batch_kernel()];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            row_kernels.push(avx2::dot4);
+            batch_kernels.push(avx2::dot_tokens);
+        }
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-4 * (1.0 + b.abs());
         for rows in 1..=4 {
             let s = &q.scales[..rows * 2];
             let n = &q.nibbles[..rows * 2];
-            let a = kernel()(s, n, 2, &x);
             let b = dot4_scalar(s, n, 2, &x);
-            for r in 0..rows {
-                assert!(
-                    (a[r] - b[r]).abs() < 1e-4 * (1.0 + b[r].abs()),
-                    "{a:?} vs {b:?}"
-                );
+            for k in &row_kernels {
+                let a = k(s, n, 2, &x);
+                for r in 0..rows {
+                    assert!(close(a[r], b[r]), "{a:?} vs {b:?}");
+                }
+            }
+        }
+        let tokens: Vec<Q8Row> = (0..3)
+            .map(|t| {
+                quantize_row(
+                    &(0..64)
+                        .map(|i| ((i * (t + 2)) % 19) as f32 / 9.0 - 1.0)
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let refs: Vec<&Q8Row> = tokens.iter().collect();
+        let (s, n) = (&q.scales[..2], &q.nibbles[..2]);
+        let mut expected = [0f32; 3];
+        dot_tokens_scalar(s, n, &refs, &mut expected);
+        for k in &batch_kernels {
+            let mut got = [0f32; 3];
+            k(s, n, &refs, &mut got);
+            for t in 0..3 {
+                assert!(close(got[t], expected[t]), "{got:?} vs {expected:?}");
             }
         }
     }
