@@ -62,6 +62,8 @@ pub struct RawConfig {
     providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     models: Vec<RawModel>,
+    #[serde(default)]
+    routing: RawRouting,
     local: Option<RawLocal>,
 }
 
@@ -121,6 +123,8 @@ struct RawKey {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum RawProvider {
     Openai(RawOpenAiProvider),
+    Azure(RawAzureProvider),
+    Anthropic(RawAnthropicProvider),
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,11 +141,126 @@ struct RawOpenAiProvider {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawAzureProvider {
+    /// The resource endpoint, `https://NAME.openai.azure.com`.
+    base_url: String,
+    api_version: String,
+    api_key_env: Option<String>,
+    timeout_secs: Option<u64>,
+    connect_timeout_secs: Option<u64>,
+    health_path: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnthropicProvider {
+    base_url: Option<String>,
+    api_key_env: Option<String>,
+    anthropic_version: Option<String>,
+    default_max_tokens: Option<u32>,
+    timeout_secs: Option<u64>,
+    connect_timeout_secs: Option<u64>,
+    health_path: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+impl RawProvider {
+    /// The fields every kind shares, and the kind with its own settings.
+    fn split(self) -> (RawOpenAiProvider, ProviderKind) {
+        match self {
+            Self::Openai(p) => (p, ProviderKind::OpenAi),
+            Self::Azure(p) => (
+                RawOpenAiProvider {
+                    base_url: p.base_url,
+                    api_key_env: p.api_key_env,
+                    timeout_secs: p.timeout_secs,
+                    connect_timeout_secs: p.connect_timeout_secs,
+                    health_path: p.health_path.or_else(|| Some("/openai/models".to_string())),
+                    headers: p.headers,
+                },
+                ProviderKind::Azure {
+                    api_version: p.api_version,
+                },
+            ),
+            Self::Anthropic(p) => (
+                RawOpenAiProvider {
+                    base_url: p
+                        .base_url
+                        .unwrap_or_else(|| "https://api.anthropic.com".to_string()),
+                    api_key_env: p.api_key_env,
+                    timeout_secs: p.timeout_secs,
+                    connect_timeout_secs: p.connect_timeout_secs,
+                    health_path: p.health_path.or_else(|| Some("/v1/models".to_string())),
+                    headers: p.headers,
+                },
+                ProviderKind::Anthropic {
+                    version: p
+                        .anthropic_version
+                        .unwrap_or_else(|| "2023-06-01".to_string()),
+                    default_max_tokens: p.default_max_tokens.unwrap_or(4096).max(1),
+                },
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawModel {
     name: String,
-    provider: String,
+    provider: Option<String>,
     upstream_model: Option<String>,
     owned_by: Option<String>,
+    deadline_secs: Option<f64>,
+    max_attempts: Option<usize>,
+    #[serde(default)]
+    groups: Vec<RawGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    deployments: Vec<RawDeployment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    name: Option<String>,
+    provider: String,
+    model: Option<String>,
+    weight: Option<u32>,
+    max_in_flight: Option<usize>,
+    timeout_secs: Option<f64>,
+    first_token_timeout_secs: Option<f64>,
+    health_path: Option<String>,
+    health_interval_secs: Option<f64>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    deadline_secs: Option<f64>,
+    max_attempts: Option<usize>,
+    first_token_timeout_secs: Option<f64>,
+    #[serde(default)]
+    breaker: RawBreaker,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    consecutive_failures: Option<u32>,
+    error_rate: Option<f64>,
+    min_requests: Option<u32>,
+    window_secs: Option<f64>,
+    cooldown_secs: Option<f64>,
+    max_cooldown_secs: Option<f64>,
 }
 
 // ---- validated runtime shape --------------------------------------------------------------
@@ -157,6 +276,9 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     /// Model aliases served.
     pub models: Vec<ModelConfig>,
+    /// Routing defaults.
+    pub routing: RoutingConfig,
+
     /// Models served in-process.
     pub local: LocalConfig,
     /// Env vars the file references that are not set (fatal for `serve`).
@@ -281,10 +403,22 @@ pub struct ApiKeyConfig {
 }
 
 /// The kinds of upstream provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderKind {
     /// Any server speaking the OpenAI HTTP API (OpenAI, vLLM, llama.cpp, another aigw).
     OpenAi,
+    /// Azure OpenAI: `{base_url}/openai/deployments/{deployment}/…?api-version=…`, `api-key`.
+    Azure {
+        /// The `api-version` query parameter.
+        api_version: String,
+    },
+    /// Anthropic's Messages API, translated to and from OpenAI chat completions.
+    Anthropic {
+        /// The `anthropic-version` header.
+        version: String,
+        /// `max_tokens` sent when the client gives none (Anthropic requires it).
+        default_max_tokens: u32,
+    },
 }
 
 /// An upstream provider.
@@ -294,7 +428,8 @@ pub struct ProviderConfig {
     pub name: String,
     /// Wire protocol.
     pub kind: ProviderKind,
-    /// Base URL including the version prefix (`https://api.openai.com/v1`).
+    /// Base URL: including the version prefix for OpenAI (`https://api.openai.com/v1`), the
+    /// resource endpoint for Azure, the API host for Anthropic.
     pub base_url: String,
     /// The secret, read from the env var named in the file.
     pub api_key: Option<String>,
@@ -308,17 +443,84 @@ pub struct ProviderConfig {
     pub headers: BTreeMap<String, String>,
 }
 
-/// A model alias and where it is served.
+/// A model alias and where it is served: deployment groups tried in order.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     /// The name clients use.
     pub alias: String,
-    /// The provider serving it.
-    pub provider: String,
-    /// The provider's own name for the model.
-    pub upstream_model: String,
     /// Shown as `owned_by` in `/v1/models`.
     pub owned_by: String,
+    /// Groups of deployments, tried in order; within a group load is spread.
+    pub groups: Vec<Vec<DeploymentConfig>>,
+    /// Limit on the whole request across every attempt (streams: until the first chunk).
+    pub deadline: Duration,
+    /// Most deployments tried for one request.
+    pub max_attempts: usize,
+}
+
+/// Provider name that refers to an in-process model of `[local]` (its alias as `model`).
+pub const LOCAL_PROVIDER: &str = "local";
+
+/// One deployment: a provider, its model name, and how to use it.
+#[derive(Debug, Clone)]
+pub struct DeploymentConfig {
+    /// Unique name (logs, metrics, `x-aigw-deployment`, error messages).
+    pub name: String,
+    /// The provider (a `[providers.NAME]`, or [`LOCAL_PROVIDER`]).
+    pub provider: String,
+    /// The provider's own name for the model (Azure: the deployment name).
+    pub upstream_model: String,
+    /// Share of traffic within its group, relative to the others.
+    pub weight: u32,
+    /// Requests in flight beyond which it is skipped; `None`: unlimited.
+    pub max_in_flight: Option<usize>,
+    /// Limit on one call, overriding the provider's `timeout_secs`.
+    pub timeout: Option<Duration>,
+    /// Streams: limit on the wait for the first chunk, after which the next one is tried.
+    pub first_token_timeout: Option<Duration>,
+    /// Path probed by active health checks; `None`: the provider's `health_path`.
+    pub health_path: Option<String>,
+    /// How often it is probed.
+    pub health_interval: Duration,
+    /// Extra headers on every call.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// When a deployment's circuit opens and how long it stays open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the circuit (0: never on this rule).
+    pub consecutive_failures: u32,
+    /// Failure share over the window that opens it (0: never on this rule).
+    pub error_rate: f64,
+    /// Outcomes in the window before `error_rate` applies.
+    pub min_requests: u32,
+    /// The sliding window of `error_rate`.
+    pub window: Duration,
+    /// How long it stays open, unless the upstream's `Retry-After` says otherwise.
+    pub cooldown: Duration,
+    /// Upper bound on a `Retry-After` cooldown.
+    pub max_cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            error_rate: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(30),
+            cooldown: Duration::from_secs(15),
+            max_cooldown: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Routing defaults.
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    /// Per-deployment circuit breakers.
+    pub breaker: BreakerConfig,
 }
 
 impl Config {
@@ -344,7 +546,11 @@ impl Config {
             keys: Vec::new(),
             providers: Vec::new(),
             models: Vec::new(),
+            routing: RoutingConfig {
+                breaker: BreakerConfig::default(),
+            },
             local: LocalConfig::default(),
+
             missing_env: Vec::new(),
         }
     }
@@ -417,7 +623,15 @@ impl Config {
         let mut providers = Vec::new();
         for (name, p) in raw.providers {
             let path = format!("providers.{name}");
-            let RawProvider::Openai(p) = p;
+            let (p, kind) = p.split();
+            if let ProviderKind::Azure { api_version } = &kind
+                && api_version.trim().is_empty()
+            {
+                return Err(invalid(
+                    format!("{path}.api_version"),
+                    "must not be empty (e.g. \"2024-10-21\")",
+                ));
+            }
             let base_url = p.base_url.trim_end_matches('/').to_string();
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
                 return Err(invalid(
@@ -446,8 +660,9 @@ impl Config {
             }
             providers.push(ProviderConfig {
                 name,
-                kind: ProviderKind::OpenAi,
+                kind,
                 base_url,
+
                 api_key,
                 timeout: Duration::from_secs(p.timeout_secs.unwrap_or(120).max(1)),
                 connect_timeout: Duration::from_secs(p.connect_timeout_secs.unwrap_or(5).max(1)),
@@ -456,8 +671,12 @@ impl Config {
             });
         }
 
-        let mut models = Vec::new();
         let mut aliases = HashSet::new();
+        let local = local_config(raw.local.unwrap_or_default(), &mut aliases)?;
+        let local_aliases: HashSet<String> = aliases.clone();
+        let routing = routing_config(&raw.routing)?;
+        let mut models = Vec::new();
+        let mut deployment_names = HashSet::new();
         for (i, m) in raw.models.into_iter().enumerate() {
             let path = format!("models[{i}]");
             if m.name.trim().is_empty() {
@@ -469,20 +688,104 @@ impl Config {
                     format!("duplicate model name '{}'", m.name),
                 ));
             }
-            if !providers.iter().any(|p| p.name == m.provider) {
-                return Err(invalid(
-                    format!("{path}.provider"),
-                    format!("no provider named '{}' under [providers]", m.provider),
-                ));
+            let known = |provider: &str| {
+                providers.iter().any(|p| p.name == provider) || provider == LOCAL_PROVIDER
+            };
+            let groups = match (m.provider, m.groups.is_empty()) {
+                (Some(provider), true) => {
+                    if !known(&provider) {
+                        return Err(invalid(
+                            format!("{path}.provider"),
+                            format!("no provider named '{provider}' under [providers]"),
+                        ));
+                    }
+                    let upstream_model = m.upstream_model.unwrap_or_else(|| m.name.clone());
+                    vec![vec![RawDeployment {
+                        name: None,
+                        provider,
+                        model: Some(upstream_model),
+                        weight: None,
+                        max_in_flight: None,
+                        timeout_secs: None,
+                        first_token_timeout_secs: None,
+                        health_path: None,
+                        health_interval_secs: None,
+                        headers: BTreeMap::new(),
+                    }]]
+                }
+                (None, false) if m.upstream_model.is_none() => {
+                    m.groups.into_iter().map(|g| g.deployments).collect()
+                }
+                _ => {
+                    return Err(invalid(
+                        path,
+                        "set either `provider` (and optionally `upstream_model`) or `[[models.groups]]` with deployments, not both",
+                    ));
+                }
+            };
+            let mut checked = Vec::new();
+            for (g, group) in groups.into_iter().enumerate() {
+                if group.is_empty() {
+                    return Err(invalid(
+                        format!("{path}.groups[{g}].deployments"),
+                        "must list at least one deployment",
+                    ));
+                }
+                let mut out = Vec::new();
+                for (d, dep) in group.into_iter().enumerate() {
+                    let dpath = format!("{path}.groups[{g}].deployments[{d}]");
+                    if !known(&dep.provider) {
+                        return Err(invalid(
+                            format!("{dpath}.provider"),
+                            format!(
+                                "no provider named '{}' under [providers] (or \"{LOCAL_PROVIDER}\" for a [[local.models]] name)",
+                                dep.provider
+                            ),
+                        ));
+                    }
+                    let dep = deployment_config(
+                        dep,
+                        &m.name,
+                        &dpath,
+                        routing.first_token_timeout,
+                        server.health_check_interval,
+                    )?;
+                    if dep.provider == LOCAL_PROVIDER
+                        && !local_aliases.contains(&dep.upstream_model)
+                    {
+                        return Err(invalid(
+                            format!("{dpath}.model"),
+                            format!("no [[local.models]] named '{}'", dep.upstream_model),
+                        ));
+                    }
+                    if !deployment_names.insert(dep.name.clone()) {
+                        return Err(invalid(
+                            format!("{dpath}.name"),
+                            format!("duplicate deployment name '{}'", dep.name),
+                        ));
+                    }
+                    out.push(dep);
+                }
+                checked.push(out);
             }
+            let owned_by = m.owned_by.unwrap_or_else(|| checked[0][0].provider.clone());
+            let total: usize = checked.iter().map(Vec::len).sum();
             models.push(ModelConfig {
-                upstream_model: m.upstream_model.unwrap_or_else(|| m.name.clone()),
-                owned_by: m.owned_by.unwrap_or_else(|| m.provider.clone()),
                 alias: m.name,
-                provider: m.provider,
+                owned_by,
+                groups: checked,
+                deadline: positive_secs(
+                    m.deadline_secs.or(raw.routing.deadline_secs),
+                    &format!("{path}.deadline_secs"),
+                )?
+                .unwrap_or(Duration::from_secs(300)),
+                max_attempts: m
+                    .max_attempts
+                    .or(routing.max_attempts)
+                    .unwrap_or(total)
+                    .clamp(1, total),
             });
         }
-        let local = local_config(raw.local.unwrap_or_default(), &mut aliases)?;
         for (i, k) in keys.iter().enumerate() {
             for (j, model) in k.models.iter().flatten().enumerate() {
                 if !aliases.contains(model) {
@@ -499,9 +802,131 @@ impl Config {
             keys,
             providers,
             models,
+            routing: RoutingConfig {
+                breaker: routing.breaker,
+            },
             local,
+
             missing_env,
         })
+    }
+}
+
+/// `[routing]` as validated, with the defaults deployments inherit.
+struct RoutingDefaults {
+    first_token_timeout: Option<Duration>,
+    max_attempts: Option<usize>,
+    breaker: BreakerConfig,
+}
+
+fn routing_config(raw: &RawRouting) -> Result<RoutingDefaults, ConfigError> {
+    let d = BreakerConfig::default();
+    let b = &raw.breaker;
+    let error_rate = b.error_rate.unwrap_or(d.error_rate);
+    if !(0.0..=1.0).contains(&error_rate) {
+        return Err(invalid(
+            "routing.breaker.error_rate",
+            "must be between 0 and 1 (0 disables the rule)",
+        ));
+    }
+    let secs = |v: Option<f64>, key: &str, default: Duration| {
+        positive_secs(v, &format!("routing.breaker.{key}")).map(|v| v.unwrap_or(default))
+    };
+    Ok(RoutingDefaults {
+        first_token_timeout: positive_secs(
+            raw.first_token_timeout_secs,
+            "routing.first_token_timeout_secs",
+        )?,
+        max_attempts: raw.max_attempts,
+        breaker: BreakerConfig {
+            consecutive_failures: b.consecutive_failures.unwrap_or(d.consecutive_failures),
+            error_rate,
+            min_requests: b.min_requests.unwrap_or(d.min_requests).max(1),
+            window: secs(b.window_secs, "window_secs", d.window)?,
+            cooldown: secs(b.cooldown_secs, "cooldown_secs", d.cooldown)?,
+            max_cooldown: secs(b.max_cooldown_secs, "max_cooldown_secs", d.max_cooldown)?,
+        },
+    })
+}
+
+fn deployment_config(
+    raw: RawDeployment,
+    alias: &str,
+    path: &str,
+    first_token_timeout: Option<Duration>,
+    health_interval: Duration,
+) -> Result<DeploymentConfig, ConfigError> {
+    let upstream_model = raw.model.unwrap_or_else(|| alias.to_string());
+    let name = raw
+        .name
+        .unwrap_or_else(|| format!("{alias}/{}/{upstream_model}", raw.provider));
+    if name.trim().is_empty() {
+        return Err(invalid(format!("{path}.name"), "must not be empty"));
+    }
+    if let Some(p) = &raw.health_path
+        && !p.starts_with('/')
+    {
+        return Err(invalid(
+            format!("{path}.health_path"),
+            "must start with '/'",
+        ));
+    }
+    for header in raw.headers.keys() {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            return Err(invalid(
+                format!("{path}.headers.{header}"),
+                "not a valid HTTP header name",
+            ));
+        }
+    }
+    for (header, value) in &raw.headers {
+        if http::HeaderValue::from_str(value).is_err() {
+            return Err(invalid(
+                format!("{path}.headers.{header}"),
+                "not a valid HTTP header value",
+            ));
+        }
+    }
+    Ok(DeploymentConfig {
+        name,
+        provider: raw.provider,
+        upstream_model,
+        weight: raw.weight.unwrap_or(1),
+        max_in_flight: raw.max_in_flight,
+        timeout: positive_secs(raw.timeout_secs, &format!("{path}.timeout_secs"))?,
+        first_token_timeout: positive_secs(
+            raw.first_token_timeout_secs,
+            &format!("{path}.first_token_timeout_secs"),
+        )?
+        .or(first_token_timeout),
+        health_path: raw.health_path,
+        health_interval: positive_secs(
+            raw.health_interval_secs,
+            &format!("{path}.health_interval_secs"),
+        )?
+        .unwrap_or(health_interval),
+        headers: raw.headers,
+    })
+    .and_then(|d| {
+        if d.weight == 0 {
+            Err(invalid(
+                format!("{path}.weight"),
+                "must be at least 1 (remove the deployment to stop using it)",
+            ))
+        } else {
+            Ok(d)
+        }
+    })
+}
+
+/// A duration in (possibly fractional) seconds, which must be positive and finite.
+fn positive_secs(value: Option<f64>, path: &str) -> Result<Option<Duration>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 * 365.0 => {
+            Ok(Some(Duration::from_secs_f64(v)))
+        }
+        Some(_) => Err(invalid(path, "must be a positive number of seconds")),
     }
 }
 
@@ -704,7 +1129,12 @@ upstream_model = "gpt-4o-mini"
             c.providers[0].api_key.as_deref(),
             Some("secret-UPSTREAM_KEY")
         );
-        assert_eq!(c.models[0].upstream_model, "gpt-4o-mini");
+        let d = &c.models[0].groups[0][0];
+        assert_eq!(d.upstream_model, "gpt-4o-mini");
+        assert_eq!(d.provider, "up");
+        assert_eq!(d.name, "chat/up/gpt-4o-mini");
+        assert_eq!(c.models[0].max_attempts, 1);
+
         assert_eq!(
             c.keys[0].sha256,
             Some(crate::auth::hash_key("secret-GM_KEY"))

@@ -1,6 +1,9 @@
 //! The gateway's error type and its OpenAI-shaped rendering, as a JSON response or as the
 //! final event of a stream. 5xx messages never carry upstream internals.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use aigw_models::openai::ErrorResponse;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
@@ -46,9 +49,161 @@ pub enum GatewayError {
     /// The upstream failed or refused.
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    /// Every deployment of the alias that was tried failed, or none could be tried.
+    #[error("{}", all_failed_message(.alias, .failures))]
+    AllAttemptsFailed {
+        /// The alias requested.
+        alias: String,
+        /// Each deployment's failure, in the order tried.
+        failures: Vec<AttemptFailure>,
+    },
     /// A bug or an impossible state; details are logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why one deployment did not serve a request.
+#[derive(Debug)]
+pub struct AttemptFailure {
+    /// The deployment's name.
+    pub deployment: Arc<str>,
+    /// What happened.
+    pub reason: FailReason,
+}
+
+/// What happened to one deployment of a request.
+#[derive(Debug)]
+pub enum FailReason {
+    /// It was called and failed.
+    Provider(ProviderError),
+    /// Its circuit was open; it lets a probe through in `retry_in`.
+    CircuitOpen {
+        /// Time left of its cooldown.
+        retry_in: Option<Duration>,
+    },
+    /// It had `max_in_flight` requests already.
+    AtCapacity,
+}
+
+impl FailReason {
+    /// A short description without upstream details or secrets.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Provider(e) => match e {
+                ProviderError::Connect(_) => "connection failed".into(),
+                ProviderError::Timeout => "timed out".into(),
+                ProviderError::Status { status, .. } => format!("HTTP {}", status.as_u16()),
+                ProviderError::InvalidResponse(_) => "invalid response".into(),
+                ProviderError::Transport(_) => "connection broke".into(),
+                ProviderError::Unsupported(what) => format!("does not support {what}"),
+                ProviderError::Rejected { .. } => "rejected the request".into(),
+                ProviderError::Overloaded(_) => "overloaded".into(),
+                ProviderError::Engine(_) => "engine failed".into(),
+            },
+            Self::CircuitOpen { retry_in: Some(d) } => {
+                format!("circuit open (retry in {}s)", ceil_secs(*d))
+            }
+            Self::CircuitOpen { retry_in: None } => "circuit open (probe under way)".into(),
+            Self::AtCapacity => "at capacity".into(),
+        }
+    }
+
+    /// A metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Provider(e) => match e {
+                ProviderError::Connect(_) => "connect",
+                ProviderError::Timeout => "timeout",
+                ProviderError::Status { status, .. } if status.as_u16() == 429 => "status_429",
+                ProviderError::Status { status, .. } if status.is_server_error() => "status_5xx",
+                ProviderError::Status { .. } => "status_4xx",
+                ProviderError::InvalidResponse(_) => "invalid_response",
+                ProviderError::Transport(_) => "transport",
+                ProviderError::Unsupported(_) => "unsupported",
+                ProviderError::Rejected { .. } => "rejected",
+                ProviderError::Overloaded(_) => "overloaded",
+                ProviderError::Engine(_) => "engine",
+            },
+            Self::CircuitOpen { .. } => "circuit_open",
+            Self::AtCapacity => "at_capacity",
+        }
+    }
+}
+
+/// Whole seconds, rounded up, at least 1 (for `Retry-After`).
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}
+
+fn all_failed_message(alias: &str, failures: &[AttemptFailure]) -> String {
+    let tried = failures
+        .iter()
+        .filter(|f| matches!(f.reason, FailReason::Provider(_)))
+        .count();
+    let list = failures
+        .iter()
+        .map(|f| format!("{}: {}", f.deployment, f.reason.describe()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if failures.is_empty() {
+        return format!("No deployment of `{alias}` could be tried before the deadline.");
+    }
+    format!(
+        "No deployment of `{alias}` could serve the request ({tried} attempt{}): {list}.",
+        if tried == 1 { "" } else { "s" }
+    )
+}
+
+/// The status of an aggregated failure: 429 when every attempt was rate limited, 503 when
+/// none could be tried (open circuits, full deployments), 504 when the attempts timed out,
+/// 502 otherwise.
+fn all_failed_status(failures: &[AttemptFailure]) -> StatusCode {
+    let tried: Vec<&ProviderError> = failures
+        .iter()
+        .filter_map(|f| match &f.reason {
+            FailReason::Provider(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    let rate_limited = |e: &ProviderError| {
+        matches!(e, ProviderError::Overloaded(_))
+            || matches!(e, ProviderError::Status { status, .. } if status.as_u16() == 429)
+    };
+    if tried.is_empty() {
+        if failures.is_empty() {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    } else if tried.iter().all(|e| rate_limited(e)) {
+        StatusCode::TOO_MANY_REQUESTS
+    } else if tried.iter().any(|e| matches!(e, ProviderError::Timeout))
+        && tried
+            .iter()
+            .all(|e| matches!(e, ProviderError::Timeout) || rate_limited(e))
+    {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    }
+}
+
+/// When the client may retry an aggregated failure: the soonest of the upstreams'
+/// `Retry-After`s and the open circuits' remaining cooldowns.
+fn all_failed_retry_after(failures: &[AttemptFailure]) -> Option<Duration> {
+    failures
+        .iter()
+        .filter_map(|f| match &f.reason {
+            FailReason::Provider(ProviderError::Status { retry_after, .. }) => *retry_after,
+            FailReason::Provider(ProviderError::Overloaded(_)) | FailReason::AtCapacity => {
+                Some(Duration::from_secs(1))
+            }
+            FailReason::CircuitOpen { retry_in } => {
+                Some(retry_in.unwrap_or(Duration::from_secs(1)))
+            }
+            FailReason::Provider(_) => None,
+        })
+        .min()
 }
 
 impl GatewayError {
@@ -70,6 +225,7 @@ impl GatewayError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::AllAttemptsFailed { failures, .. } => all_failed_status(failures),
             Self::Provider(e) => match e {
                 ProviderError::Timeout => StatusCode::GATEWAY_TIMEOUT,
                 ProviderError::Connect(_)
@@ -96,6 +252,7 @@ impl GatewayError {
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Internal(_) => "internal",
+            Self::AllAttemptsFailed { .. } => "all_attempts_failed",
             Self::Provider(e) => match e {
                 ProviderError::Connect(_) => "upstream_connect",
                 ProviderError::Timeout => "upstream_timeout",
@@ -130,6 +287,10 @@ impl GatewayError {
                 ("invalid_request_error", None, Some("request_too_large"))
             }
             Self::Internal(_) => ("api_error", None, None),
+            Self::AllAttemptsFailed { .. } if status == StatusCode::TOO_MANY_REQUESTS => {
+                ("rate_limit_error", None, Some("all_attempts_failed"))
+            }
+            Self::AllAttemptsFailed { .. } => ("api_error", None, Some("all_attempts_failed")),
             Self::Provider(ProviderError::Unsupported(_)) => (
                 "invalid_request_error",
                 Some("model".into()),
@@ -207,8 +368,11 @@ impl IntoResponse for GatewayError {
             Self::Provider(ProviderError::Status {
                 retry_after: Some(d),
                 ..
-            }) => Some(d.as_secs()),
+            }) => Some(ceil_secs(*d)),
             Self::Provider(ProviderError::Overloaded(_)) => Some(1),
+            Self::AllAttemptsFailed { failures, .. } if matches!(status.as_u16(), 429 | 503) => {
+                all_failed_retry_after(failures).map(ceil_secs)
+            }
             _ => None,
         };
         let mut resp = (status, axum::Json(self.to_body())).into_response();

@@ -1,17 +1,13 @@
-//! Background health probes of upstream providers, read by `/ready`.
+//! Active health checks: every deployment is probed on its own interval (its provider's
+//! health endpoint, or the deployment's `health_path`); the results steer routing (a
+//! deployment that failed its probe is tried only as a last resort) and `/ready`.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::Instant;
 
+use crate::breaker::CircuitState;
 use crate::metrics::Metrics;
-use crate::providers::Provider;
-
-/// The last probe result of each provider.
-#[derive(Clone, Default)]
-pub struct UpstreamHealth {
-    status: Arc<RwLock<BTreeMap<String, ProbeResult>>>,
-}
+use crate::routing::{Deployment, ModelRoutes};
 
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,64 +20,46 @@ pub enum ProbeResult {
     Down(String),
 }
 
-impl UpstreamHealth {
-    /// Tracks `providers`, all unknown until probed.
-    pub fn new<'a>(providers: impl Iterator<Item = &'a str>) -> Self {
-        let status = providers
-            .map(|p| (p.to_string(), ProbeResult::Unknown))
-            .collect();
-        Self {
-            status: Arc::new(RwLock::new(status)),
-        }
-    }
+/// Whether a deployment can take traffic now: its last probe passed and its circuit is not
+/// open.
+pub fn usable(d: &Deployment, now: Instant) -> bool {
+    d.health() == ProbeResult::Up && d.breaker.state(now) != CircuitState::Open
+}
 
-    /// Current status of every provider.
-    pub fn snapshot(&self) -> BTreeMap<String, ProbeResult> {
-        self.status.read().map(|s| s.clone()).unwrap_or_default()
+/// Probes one deployment and records the result.
+pub async fn probe(d: &Deployment, metrics: &Metrics) {
+    let result = match d.provider.probe(d.health_path.as_deref()).await {
+        Ok(()) => ProbeResult::Up,
+        Err(e) => ProbeResult::Down(e.to_string()),
+    };
+    metrics
+        .deployment_up
+        .with_label_values(&[&*d.name])
+        .set(i64::from(result == ProbeResult::Up));
+    if let ProbeResult::Down(why) = &result
+        && d.health() != result
+    {
+        tracing::warn!(deployment = %d.name, reason = %why, "deployment health probe failed");
     }
+    d.set_health(result);
+}
 
-    fn set(&self, provider: &str, result: ProbeResult) {
-        if let Ok(mut s) = self.status.write() {
-            s.insert(provider.to_string(), result);
-        }
-    }
-
-    /// Probes every provider now, concurrently.
-    pub async fn probe_all(&self, providers: &[Arc<dyn Provider>], metrics: &Metrics) {
-        let probes = providers.iter().map(|p| async move {
-            let result = match p.health().await {
-                Ok(()) => ProbeResult::Up,
-                Err(e) => ProbeResult::Down(e.to_string()),
-            };
-            (p.name().to_string(), result)
-        });
-        for (name, result) in futures::future::join_all(probes).await {
-            metrics
-                .upstream_up
-                .with_label_values(&[name.as_str()])
-                .set(i64::from(result == ProbeResult::Up));
-            if let ProbeResult::Down(why) = &result {
-                tracing::warn!(provider = %name, reason = %why, "upstream health probe failed");
-            }
-            self.set(&name, result);
-        }
-    }
-
-    /// Probes every `interval` until the returned task is aborted.
-    pub fn spawn_prober(
-        &self,
-        providers: Vec<Arc<dyn Provider>>,
-        metrics: Metrics,
-        interval: Duration,
-    ) -> tokio::task::JoinHandle<()> {
-        let health = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                health.probe_all(&providers, &metrics).await;
-            }
+/// Starts one probing task per deployment; abort the handles to stop them.
+pub fn spawn_probers(routes: &ModelRoutes, metrics: &Metrics) -> Vec<tokio::task::JoinHandle<()>> {
+    routes
+        .all()
+        .flat_map(|r| r.deployments())
+        .map(|d| {
+            let d: Arc<Deployment> = Arc::clone(d);
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(d.health_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    probe(&d, &metrics).await;
+                }
+            })
         })
-    }
+        .collect()
 }

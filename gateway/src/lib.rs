@@ -6,15 +6,19 @@
 //!   thin handlers; [`extract`]: extractors that fail OpenAI-style.
 //! - [`auth`]: API keys → principals.
 //! - [`pipeline`]: the request flow, top to bottom; [`streaming`]: SSE re-emission.
-//! - [`routing`]: model aliases → providers; [`providers`]: the provider trait, the
-//!   OpenAI-compatible upstream and the in-process engines; [`local`]: starting those engines.
+//! - [`routing`]: model aliases → ordered groups of weighted deployments, chosen by
+//!   power-of-two-choices; [`breaker`]: a circuit breaker per deployment; [`providers`]: the
+//!   provider trait, the OpenAI-compatible (and Azure), Anthropic and in-process providers;
+//!   [`local`]: starting the in-process engines.
 //! - [`error`]: the error type and its OpenAI-shaped rendering.
-//! - [`telemetry`], [`metrics`], [`health`]: logs, Prometheus metrics, upstream probes.
+//! - [`telemetry`], [`metrics`], [`health`]: logs, Prometheus metrics, deployment probes.
+
 //! - [`openapi`]: the generated OpenAPI document.
 //! - [`state`]: the shared [`state::AppState`].
 //! - [`models_cli`]: `aigw models fetch|list` over the model catalog of `aigw-models`.
 
 pub mod auth;
+pub mod breaker;
 pub mod config;
 pub mod error;
 pub mod extract;

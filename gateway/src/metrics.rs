@@ -34,8 +34,16 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Requests being served now.
     pub in_flight: IntGauge,
-    /// Upstream health by provider (1 healthy, 0 not).
-    pub upstream_up: prometheus::IntGaugeVec,
+    /// Deployment health by its last probe (1 healthy, 0 not).
+    pub deployment_up: prometheus::IntGaugeVec,
+    /// Attempts by deployment and outcome (`success`, `failure`, `client_error`, `skipped`).
+    pub deployment_attempts: IntCounterVec,
+    /// Failed or skipped attempts by deployment and reason.
+    pub deployment_failures: IntCounterVec,
+    /// Circuit state by deployment: 0 closed, 1 half-open, 2 open.
+    pub deployment_circuit: prometheus::IntGaugeVec,
+    /// Latency of answered attempts by deployment (streams: to the first chunk).
+    pub deployment_latency: HistogramVec,
 }
 
 impl Metrics {
@@ -84,12 +92,41 @@ impl Metrics {
             &["route", "type"],
         )?;
         let in_flight = IntGauge::new("requests_in_flight", "Requests being served")?;
-        let upstream_up = prometheus::IntGaugeVec::new(
+        let deployment_up = prometheus::IntGaugeVec::new(
             Opts::new(
-                "upstream_up",
-                "Whether the last health probe of a provider succeeded",
+                "deployment_up",
+                "Whether the last health probe of a deployment succeeded",
             ),
-            &["provider"],
+            &["deployment"],
+        )?;
+        let deployment_attempts = IntCounterVec::new(
+            Opts::new(
+                "deployment_attempts_total",
+                "Attempts by deployment and outcome",
+            ),
+            &["deployment", "outcome"],
+        )?;
+        let deployment_failures = IntCounterVec::new(
+            Opts::new(
+                "deployment_failures_total",
+                "Failed or skipped attempts by deployment and reason",
+            ),
+            &["deployment", "reason"],
+        )?;
+        let deployment_circuit = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "deployment_circuit_state",
+                "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            ),
+            &["deployment"],
+        )?;
+        let deployment_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "deployment_latency_seconds",
+                "Latency of answered attempts (streams: to the first chunk)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["deployment"],
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
@@ -99,7 +136,11 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
-        registry.register(Box::new(upstream_up.clone()))?;
+        registry.register(Box::new(deployment_up.clone()))?;
+        registry.register(Box::new(deployment_attempts.clone()))?;
+        registry.register(Box::new(deployment_failures.clone()))?;
+        registry.register(Box::new(deployment_circuit.clone()))?;
+        registry.register(Box::new(deployment_latency.clone()))?;
         Ok(Self {
             registry,
             requests,
@@ -110,7 +151,11 @@ impl Metrics {
             tokens,
             errors,
             in_flight,
-            upstream_up,
+            deployment_up,
+            deployment_attempts,
+            deployment_failures,
+            deployment_circuit,
+            deployment_latency,
         })
     }
 

@@ -1,7 +1,13 @@
-//! The request flow, top to bottom: validate → route → call the provider → meter → reply.
+//! The request flow, top to bottom: validate → route → call deployments until one answers →
+//! meter → reply.
 //!
-//! Streams are committed only once their first chunk has arrived: an upstream that fails
-//! before producing anything yields an ordinary error response, never a broken stream.
+//! [`attempt`] walks a route's plan (see [`crate::routing`]): a deployment whose circuit is
+//! open or which is at `max_in_flight` is skipped; a connect error, timeout, 408/429/5xx,
+//! invalid answer or overloaded engine moves on to the next deployment; a client error
+//! (other 4xx, a rejected parameter) is passed through at once, since another deployment
+//! would refuse it too. The route's deadline bounds the whole walk. Streams are committed
+//! only once their first chunk has arrived (within the deployment's first-token timeout):
+//! everything before that can still fall back; nothing after it does.
 //! Later issues insert session, rate limit, budget and cache steps here, in that order.
 
 use std::sync::Arc;
@@ -16,11 +22,11 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::auth::Principal;
-use crate::error::GatewayError;
+use crate::error::{AttemptFailure, FailReason, GatewayError};
 use crate::providers::{
     AudioRequest, AudioResponse, CallContext, ChunkStream, Provider, ProviderError,
 };
-use crate::routing::Route;
+use crate::routing::{Deployment, Route, Served};
 use crate::state::AppState;
 use crate::streaming::{ChunkMeta, Committed, StreamMeter};
 use crate::telemetry::RequestTiming;
@@ -55,7 +61,7 @@ fn invalid(e: InvalidParam) -> GatewayError {
 
 /// A request that generates text (chat or legacy completion): what the pipeline needs to
 /// know to run either through the same steps.
-pub trait Generation: Sized + Send + 'static {
+pub trait Generation: Sized + Clone + Send + Sync + 'static {
     /// The whole answer.
     type Full: Serialize + Send;
     /// One stream chunk.
@@ -141,27 +147,331 @@ generation!(
     completion_stream
 );
 
+/// A pipeline result with the routing facts the response headers report.
+pub struct Routed<T> {
+    /// The answer or the error.
+    pub result: Result<T, GatewayError>,
+    /// The deployment that answered (successfully or with a client error).
+    pub deployment: Option<Arc<str>>,
+    /// Deployments called.
+    pub attempts: usize,
+}
+
+impl<T> Routed<T> {
+    /// Transforms the answer, keeping the routing facts.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Routed<U> {
+        Routed {
+            result: self.result.map(f),
+            deployment: self.deployment,
+            attempts: self.attempts,
+        }
+    }
+
+    /// An error before any deployment was called.
+    fn early(e: GatewayError) -> Self {
+        Self {
+            result: Err(e),
+            deployment: None,
+            attempts: 0,
+        }
+    }
+}
+
+/// A failed walk over a route's deployments.
+struct Failed {
+    error: GatewayError,
+    deployment: Option<Arc<str>>,
+    attempts: usize,
+}
+
+impl<T> Routed<T> {
+    fn from_parts(result: Result<(T, usize, Arc<str>), Failed>) -> Self {
+        match result {
+            Ok((value, attempts, deployment)) => Self {
+                result: Ok(value),
+                deployment: Some(deployment),
+                attempts,
+            },
+            Err(f) => Self {
+                result: Err(f.error),
+                deployment: f.deployment,
+                attempts: f.attempts,
+            },
+        }
+    }
+}
+
+/// What to do after a deployment failed.
+enum Next {
+    /// Try the next deployment; this one's circuit counts a failure.
+    Retry,
+    /// The request itself is at fault: answer with this error.
+    PassThrough,
+    /// This deployment cannot serve this kind of request; try the next, no circuit change.
+    Skip,
+}
+
+fn classify(e: &ProviderError) -> Next {
+    match e {
+        ProviderError::Connect(_)
+        | ProviderError::Timeout
+        | ProviderError::InvalidResponse(_)
+        | ProviderError::Transport(_)
+        | ProviderError::Overloaded(_)
+        | ProviderError::Engine(_) => Next::Retry,
+        ProviderError::Status { status, .. }
+            if status.is_server_error() || matches!(status.as_u16(), 408 | 429) =>
+        {
+            Next::Retry
+        }
+        ProviderError::Status { .. } | ProviderError::Rejected { .. } => Next::PassThrough,
+        ProviderError::Unsupported(_) => Next::Skip,
+    }
+}
+
+/// Calls the route's deployments in plan order until one answers; see the module docs.
+async fn attempt<T, F, Fut>(
+    ctx: &RequestCtx<'_>,
+    route: &Route,
+    mut call: F,
+) -> Result<(T, Served), Failed>
+where
+    F: FnMut(Arc<Deployment>, CallContext) -> Fut,
+    Fut: Future<Output = Result<T, ProviderError>>,
+{
+    let metrics = ctx.state.metrics();
+    let deadline = ctx.start + route.deadline;
+    let mut failures: Vec<AttemptFailure> = Vec::new();
+    let mut attempts = 0;
+    let skip = |d: &Deployment, failures: &mut Vec<AttemptFailure>, reason: FailReason| {
+        metrics
+            .deployment_attempts
+            .with_label_values(&[&*d.name, "skipped"])
+            .inc();
+        metrics
+            .deployment_failures
+            .with_label_values(&[&*d.name, reason.label()])
+            .inc();
+        failures.push(AttemptFailure {
+            deployment: Arc::clone(&d.name),
+            reason,
+        });
+    };
+    for d in route.plan() {
+        if attempts >= route.max_attempts {
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let Some(permit) = d.breaker.try_acquire(now) else {
+            let retry_in = d.breaker.retry_in(now);
+            skip(&d, &mut failures, FailReason::CircuitOpen { retry_in });
+            continue;
+        };
+        let Some(in_flight) = d.begin() else {
+            drop(permit);
+            skip(&d, &mut failures, FailReason::AtCapacity);
+            continue;
+        };
+        attempts += 1;
+        let call_ctx = d.call_context(&ctx.call);
+        let result = tokio::time::timeout(deadline - now, call(Arc::clone(&d), call_ctx))
+            .await
+            .unwrap_or(Err(ProviderError::Timeout));
+        let done = Instant::now();
+        let took = done - now;
+        ctx.timing.add_upstream(took);
+        metrics
+            .upstream_duration
+            .with_label_values(&[d.provider.name(), &route.alias])
+            .observe(took.as_secs_f64());
+        let outcome_label;
+        let result = match result {
+            Ok(value) => {
+                permit.success(done);
+                d.observe_latency(took);
+                metrics
+                    .deployment_latency
+                    .with_label_values(&[&*d.name])
+                    .observe(took.as_secs_f64());
+                outcome_label = "success";
+                Some(Ok(value))
+            }
+
+            Err(e) => match classify(&e) {
+                Next::Retry => {
+                    outcome_label = "failure";
+                    let retry_after = match &e {
+                        ProviderError::Status { retry_after, .. } => *retry_after,
+                        _ => None,
+                    };
+                    permit.failure(retry_after, done);
+                    let reason = FailReason::Provider(e);
+                    metrics
+                        .deployment_failures
+                        .with_label_values(&[&*d.name, reason.label()])
+                        .inc();
+                    tracing::info!(deployment = %d.name, model = %route.alias, reason = %reason.describe(), "attempt failed; trying the next deployment");
+                    failures.push(AttemptFailure {
+                        deployment: Arc::clone(&d.name),
+                        reason,
+                    });
+                    None
+                }
+                Next::Skip => {
+                    outcome_label = "skipped";
+                    drop(permit);
+                    failures.push(AttemptFailure {
+                        deployment: Arc::clone(&d.name),
+                        reason: FailReason::Provider(e),
+                    });
+                    None
+                }
+                Next::PassThrough => {
+                    outcome_label = "client_error";
+                    permit.success(done);
+                    Some(Err(e))
+                }
+            },
+        };
+        metrics
+            .deployment_attempts
+            .with_label_values(&[&*d.name, outcome_label])
+            .inc();
+        metrics
+            .deployment_circuit
+            .with_label_values(&[&*d.name])
+            .set(d.breaker.state(done).gauge());
+        match result {
+            Some(Ok(value)) => {
+                return Ok((
+                    value,
+                    Served {
+                        deployment: d,
+                        attempts,
+                        in_flight,
+                    },
+                ));
+            }
+            Some(Err(e)) => {
+                return Err(Failed {
+                    error: e.into(),
+                    deployment: Some(Arc::clone(&d.name)),
+                    attempts,
+                });
+            }
+            None => {}
+        }
+    }
+    Err(Failed {
+        error: aggregate(&route.alias, failures),
+        deployment: None,
+        attempts,
+    })
+}
+
+/// The error of a walk that found no deployment: the one failure itself when there was a
+/// single one (or when every deployment lacks the endpoint), else the list.
+fn aggregate(alias: &str, mut failures: Vec<AttemptFailure>) -> GatewayError {
+    let unsupported = |f: &AttemptFailure| {
+        matches!(
+            f.reason,
+            FailReason::Provider(ProviderError::Unsupported(_))
+        )
+    };
+    let single = failures.len() == 1 && matches!(failures[0].reason, FailReason::Provider(_));
+    if (single || (!failures.is_empty() && failures.iter().all(unsupported)))
+        && let FailReason::Provider(e) = failures.swap_remove(0).reason
+    {
+        return e.into();
+    }
+
+    GatewayError::AllAttemptsFailed {
+        alias: alias.to_string(),
+        failures,
+    }
+}
+
+/// Waits for a stream's first chunk, within the deployment's first-token timeout.
+async fn first_chunk<C>(
+    stream: impl Future<Output = Result<ChunkStream<C>, ProviderError>>,
+    first_token_timeout: Option<std::time::Duration>,
+) -> Result<(C, ChunkStream<C>), ProviderError> {
+    let peek = async {
+        let mut stream = stream.await?;
+        match stream.next().await {
+            None => Err(ProviderError::InvalidResponse(
+                "the stream ended before its first chunk".into(),
+            )),
+            Some(Err(e)) => Err(e),
+            Some(Ok(first)) => Ok((first, stream)),
+        }
+    };
+    match first_token_timeout {
+        Some(limit) => tokio::time::timeout(limit, peek)
+            .await
+            .unwrap_or(Err(ProviderError::Timeout)),
+        None => peek.await,
+    }
+}
+
 /// `POST /v1/chat/completions` and `POST /v1/completions`.
 pub async fn generate<G: Generation>(
     ctx: &RequestCtx<'_>,
     route: &Route,
-    mut req: G,
-) -> Result<Reply<G::Full, G::Chunk>, GatewayError> {
-    req.validate().map_err(invalid)?;
-    req.set_model(&route.upstream_model);
-    let provider = &*route.provider;
+    req: G,
+) -> Routed<Reply<G::Full, G::Chunk>> {
+    if let Err(e) = req.validate() {
+        return Routed::early(invalid(e));
+    }
     if let Some(include_usage) = req.stream_usage() {
-        let stream = timed(ctx, route, G::call_stream(provider, req, &ctx.call)).await?;
-        let committed = commit(ctx, route, stream, include_usage).await?;
-        return Ok(Reply::Stream(Box::new(committed)));
+        let result = attempt(ctx, route, |d, call| {
+            let mut req = req.clone();
+            req.set_model(&d.upstream_model);
+            async move {
+                first_chunk(
+                    G::call_stream(&*d.provider, req, &call),
+                    d.first_token_timeout,
+                )
+                .await
+            }
+        })
+        .await
+        .map(|((first, rest), served)| {
+            let (attempts, name) = (served.attempts, Arc::clone(&served.deployment.name));
+            let meter = StreamMeter::new(
+                Arc::clone(&route.alias),
+                ctx.route,
+                ctx.state.metrics().clone(),
+                ctx.start,
+            )
+            .served_by(served);
+            let committed = Committed::new(first, rest, include_usage, meter);
+            (Reply::Stream(Box::new(committed)), attempts, name)
+        });
+        return Routed::from_parts(result);
     }
-    let mut resp = timed(ctx, route, G::call(provider, req, &ctx.call)).await?;
-    if let Some(u) = G::relabel(&mut resp, &route.alias) {
-        ctx.state
-            .metrics()
-            .record_tokens(&route.alias, u.prompt_tokens, u.completion_tokens);
-    }
-    Ok(Reply::Full(resp))
+    let result = attempt(ctx, route, |d, call| {
+        let mut req = req.clone();
+        req.set_model(&d.upstream_model);
+        async move { G::call(&*d.provider, req, &call).await }
+    })
+    .await
+    .map(|(mut resp, served)| {
+        if let Some(u) = G::relabel(&mut resp, &route.alias) {
+            ctx.state
+                .metrics()
+                .record_tokens(&route.alias, u.prompt_tokens, u.completion_tokens);
+        }
+        (
+            Reply::Full(resp),
+            served.attempts,
+            Arc::clone(&served.deployment.name),
+        )
+    });
+    Routed::from_parts(result)
 }
 
 /// `POST /v1/embeddings`: the vectors come back in the encoding the client asked for,
@@ -169,87 +479,63 @@ pub async fn generate<G: Generation>(
 pub async fn embeddings(
     ctx: &RequestCtx<'_>,
     route: &Route,
-    mut req: EmbeddingRequest,
-) -> Result<EmbeddingResponse, GatewayError> {
-    req.validate().map_err(invalid)?;
-    req.model.clone_from(&route.upstream_model);
+    req: EmbeddingRequest,
+) -> Routed<EmbeddingResponse> {
+    if let Err(e) = req.validate() {
+        return Routed::early(invalid(e));
+    }
     let format = req.encoding_format.unwrap_or_default();
-    let mut resp = timed(ctx, route, route.provider.embeddings(req, &ctx.call)).await?;
+    let result = attempt(ctx, route, |d, call| {
+        let mut req = req.clone();
+        req.model.clone_from(&d.upstream_model);
+        async move { d.provider.embeddings(req, &call).await }
+    })
+    .await;
+    let (mut resp, served) = match result {
+        Ok(ok) => ok,
+        Err(f) => return Routed::from_parts(Err(f)),
+    };
+    let served_by = (served.attempts, Arc::clone(&served.deployment.name));
     resp.model = route.alias.to_string();
     for item in &mut resp.data {
         let vector = std::mem::replace(&mut item.embedding, EmbeddingVector::Float(Vec::new()));
-        item.embedding = vector.into_format(format).map_err(|e| {
-            GatewayError::Provider(ProviderError::InvalidResponse(format!(
-                "embedding {} is not valid base64: {e}",
-                item.index
-            )))
-        })?;
+        match vector.into_format(format) {
+            Ok(v) => item.embedding = v,
+            Err(e) => {
+                return Routed {
+                    result: Err(GatewayError::Provider(ProviderError::InvalidResponse(
+                        format!("embedding {} is not valid base64: {e}", item.index),
+                    ))),
+                    deployment: Some(served_by.1),
+                    attempts: served_by.0,
+                };
+            }
+        }
     }
     ctx.state
         .metrics()
         .record_tokens(&route.alias, resp.usage.prompt_tokens, 0);
-    Ok(resp)
+    Routed::from_parts(Ok((resp, served_by.0, served_by.1)))
 }
 
 /// `POST /v1/audio/transcriptions` and `/v1/audio/translations`.
 pub async fn audio(
     ctx: &RequestCtx<'_>,
     route: &Route,
-    mut req: AudioRequest,
-) -> Result<AudioResponse, GatewayError> {
+    req: AudioRequest,
+) -> Routed<AudioResponse> {
     if req.file.is_empty() {
-        return Err(GatewayError::bad_request(
+        return Routed::early(GatewayError::bad_request(
             "The uploaded file is empty.",
             Some("file".into()),
         ));
     }
-    req.model.clone_from(&route.upstream_model);
-    timed(ctx, route, route.provider.audio(req, &ctx.call)).await
-}
-
-/// Runs one provider call, charging its duration to the upstream clock.
-async fn timed<T>(
-    ctx: &RequestCtx<'_>,
-    route: &Route,
-    call: impl Future<Output = Result<T, ProviderError>>,
-) -> Result<T, GatewayError> {
-    let t0 = Instant::now();
-    let result = call.await;
-    let took = t0.elapsed();
-    ctx.timing.add_upstream(took);
-    ctx.state
-        .metrics()
-        .upstream_duration
-        .with_label_values(&[route.provider.name(), &route.alias])
-        .observe(took.as_secs_f64());
-    result.map_err(GatewayError::from)
-}
-
-/// Waits for the first chunk; an error before it is an ordinary error response.
-async fn commit<C: ChunkMeta>(
-    ctx: &RequestCtx<'_>,
-    route: &Route,
-    mut stream: ChunkStream<C>,
-    include_usage: bool,
-) -> Result<Committed<C>, GatewayError> {
-    let t0 = Instant::now();
-    let first = stream.next().await;
-    ctx.timing.add_upstream(t0.elapsed());
-    match first {
-        None => Err(GatewayError::Provider(ProviderError::InvalidResponse(
-            "the stream ended before its first chunk".into(),
-        ))),
-        Some(Err(e)) => Err(e.into()),
-        Some(Ok(first)) => Ok(Committed::new(
-            first,
-            stream,
-            include_usage,
-            StreamMeter::new(
-                Arc::clone(&route.alias),
-                ctx.route,
-                ctx.state.metrics().clone(),
-                ctx.start,
-            ),
-        )),
-    }
+    let result = attempt(ctx, route, |d, call| {
+        let mut req = req.clone();
+        req.model.clone_from(&d.upstream_model);
+        async move { d.provider.audio(req, &call).await }
+    })
+    .await
+    .map(|(resp, served)| (resp, served.attempts, Arc::clone(&served.deployment.name)));
+    Routed::from_parts(result)
 }

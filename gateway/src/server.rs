@@ -66,11 +66,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let grace = state.config().server.shutdown_grace;
-    let prober = state.health().spawn_prober(
-        state.providers().to_vec(),
-        state.metrics().clone(),
-        state.config().server.health_check_interval,
-    );
+    let probers = crate::health::spawn_probers(state.routes(), state.metrics());
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
@@ -100,7 +96,9 @@ pub async fn run(
             Ok(())
         }
     };
-    prober.abort();
+    for p in &probers {
+        p.abort();
+    }
     result
 }
 

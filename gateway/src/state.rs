@@ -4,13 +4,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::KeyStore;
-use crate::config::{Config, ModelConfig, ProviderKind};
-use crate::health::UpstreamHealth;
+use crate::config::{Config, DeploymentConfig, LOCAL_PROVIDER, ModelConfig, ProviderKind};
 use crate::local::LocalModel;
 use crate::metrics::Metrics;
 use crate::providers::Provider;
+use crate::providers::anthropic::AnthropicProvider;
 use crate::providers::openai::OpenAiProvider;
 use crate::routing::ModelRoutes;
+
+/// Deadline of a directly served in-process model: its own queue and `max_tokens` bound it.
+const LOCAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Everything a handler needs. Cloning is cheap: it is one `Arc`, and every handler of
 /// every request holds a clone.
@@ -25,7 +28,6 @@ struct Inner {
     routes: ModelRoutes,
     providers: Vec<Arc<dyn Provider>>,
     metrics: Metrics,
-    health: UpstreamHealth,
     local: Vec<LocalModel>,
 }
 
@@ -36,7 +38,10 @@ impl AppState {
         let mut by_name: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         for p in &config.providers {
             let provider: Arc<dyn Provider> = match p.kind {
-                ProviderKind::OpenAi => Arc::new(OpenAiProvider::new(p)?),
+                ProviderKind::OpenAi | ProviderKind::Azure { .. } => {
+                    Arc::new(OpenAiProvider::new(p)?)
+                }
+                ProviderKind::Anthropic { .. } => Arc::new(AnthropicProvider::new(p)?),
             };
             by_name.insert(p.name.clone(), provider);
         }
@@ -46,17 +51,33 @@ impl AppState {
             let name = m.provider.name().to_string();
             models.push(ModelConfig {
                 alias: m.alias.clone(),
-                provider: name.clone(),
-                upstream_model: m.alias.clone(),
                 owned_by: "aigw-local".into(),
+                groups: vec![vec![DeploymentConfig {
+                    name: name.clone(),
+                    provider: LOCAL_PROVIDER.into(),
+                    upstream_model: m.alias.clone(),
+                    weight: 1,
+                    max_in_flight: None,
+                    timeout: None,
+                    first_token_timeout: None,
+                    health_path: None,
+                    health_interval: config.server.health_check_interval,
+                    headers: Default::default(),
+                }]],
+                deadline: LOCAL_DEADLINE,
+                max_attempts: 1,
             });
             by_name.insert(name, m.provider.clone());
         }
-        let routes = ModelRoutes::new(&models, &by_name, aigw_models::openai::unix_now())
-            .map_err(anyhow::Error::msg)?;
+        let routes = ModelRoutes::new(
+            &models,
+            &by_name,
+            &config.routing.breaker,
+            aigw_models::openai::unix_now(),
+        )
+        .map_err(anyhow::Error::msg)?;
         let mut providers: Vec<_> = by_name.into_values().collect();
         providers.sort_by(|a, b| a.name().cmp(b.name()));
-        let health = UpstreamHealth::new(providers.iter().map(|p| p.name()));
         let metrics = Metrics::new()?;
         metrics.register_engines(&local)?;
         Ok(Self {
@@ -65,7 +86,6 @@ impl AppState {
                 routes,
                 providers,
                 metrics,
-                health,
                 local,
                 config,
             }),
@@ -100,10 +120,5 @@ impl AppState {
     /// The in-process models.
     pub fn local_models(&self) -> &[LocalModel] {
         &self.inner.local
-    }
-
-    /// Upstream health as last probed.
-    pub fn health(&self) -> &UpstreamHealth {
-        &self.inner.health
     }
 }

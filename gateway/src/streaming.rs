@@ -4,7 +4,11 @@
 //! upstreams for is passed on only when the client asked for it; an upstream failure after
 //! the first byte becomes a final `data: {"error": …}` event; a clean end is `data: [DONE]`.
 //! Duration, time to first token and tokens are recorded when the stream ends, including
-//! when the client hangs up (the stream is dropped).
+//! when the client hangs up (the stream is dropped). A stream that breaks before its usage
+//! chunk is still accounted: its completion tokens are estimated as the output chunks
+//! received (one token each, as OpenAI-compatible servers send them), its prompt tokens as
+//! unknown (0). The deployment that serves a stream stays counted in its load until the end,
+//! and a break after the first chunk counts as a failure on its circuit.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use serde::Serialize;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::providers::ChunkStream;
+use crate::routing::Served;
 use crate::telemetry::{ModelLabel, Streaming};
 
 /// What the streaming layer needs to know about a chunk type.
@@ -110,6 +115,7 @@ impl<C: ChunkMeta> EventLoop<C> {
                 }
                 Some(Err(e)) => {
                     self.done = true;
+                    self.meter.broke();
                     let err = GatewayError::from(e);
                     tracing::warn!(error = %err, model = %self.meter.alias, "stream failed after it started");
                     self.meter
@@ -171,6 +177,8 @@ pub struct StreamMeter {
     start: Instant,
     first_output: bool,
     usage: Option<Usage>,
+    output_chunks: u64,
+    served: Option<Served>,
 }
 
 impl StreamMeter {
@@ -183,10 +191,33 @@ impl StreamMeter {
             start,
             first_output: false,
             usage: None,
+            output_chunks: 0,
+            served: None,
+        }
+    }
+
+    /// Holds the serving deployment (its load count) for the stream's life.
+    pub fn served_by(mut self, served: Served) -> Self {
+        self.served = Some(served);
+        self
+    }
+
+    /// The stream broke after it was committed: a failure of the serving deployment.
+    fn broke(&self) {
+        if let Some(s) = &self.served {
+            let d = &s.deployment;
+            d.breaker.record_failure(Instant::now());
+            self.metrics
+                .deployment_failures
+                .with_label_values(&[&*d.name, "mid_stream"])
+                .inc();
         }
     }
 
     fn observe<C: ChunkMeta>(&mut self, chunk: &C) {
+        if chunk.has_output() {
+            self.output_chunks += 1;
+        }
         if !self.first_output && chunk.has_output() {
             self.first_output = true;
             self.metrics
@@ -207,9 +238,16 @@ impl Drop for StreamMeter {
             .with_label_values(&[self.route, &*self.alias])
             .observe(self.start.elapsed().as_secs_f64());
         self.metrics.in_flight.dec();
-        if let Some(u) = &self.usage {
-            self.metrics
-                .record_tokens(&self.alias, u.prompt_tokens, u.completion_tokens);
+        match &self.usage {
+            Some(u) => {
+                self.metrics
+                    .record_tokens(&self.alias, u.prompt_tokens, u.completion_tokens)
+            }
+            None if self.output_chunks > 0 => {
+                self.metrics
+                    .record_tokens(&self.alias, 0, self.output_chunks);
+            }
+            None => {}
         }
     }
 }

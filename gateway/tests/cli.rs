@@ -34,7 +34,7 @@ fn config_check_accepts_the_example() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("ok (2 providers, 3 models, 2 API keys)"),
+        stdout.contains("ok (4 providers, 3 models, 2 API keys)"),
         "{stdout}"
     );
 }

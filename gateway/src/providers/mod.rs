@@ -1,18 +1,21 @@
 //! Upstream providers behind one small object-safe trait.
 //!
-//! - [`openai`]: any server speaking the OpenAI HTTP API.
+//! - [`openai`]: any server speaking the OpenAI HTTP API, and Azure OpenAI.
+//! - [`anthropic`]: Anthropic's Messages API, translated both ways.
 //! - [`local_chat`], [`local_embed`]: the in-process candle engines of the `inference` crate.
 //! - [`sse`]: incremental decoding of `text/event-stream` bodies.
 //!
 //! A provider receives requests whose `model` is already the provider's own model name and
 //! returns OpenAI wire types; the pipeline rewrites names, meters usage and talks HTTP to the
-//! client. Fallback (a later issue) is a provider that wraps others.
+//! client. Fallback across deployments is the pipeline's job ([`crate::pipeline`]).
 
+pub mod anthropic;
 pub mod local_chat;
 pub mod local_embed;
 pub mod openai;
 pub mod sse;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aigw_models::openai::{
@@ -22,6 +25,7 @@ use aigw_models::openai::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use http::HeaderMap;
 
 /// A stream of decoded chunks; an `Err` item ends the stream.
 pub type ChunkStream<T> = BoxStream<'static, Result<T, ProviderError>>;
@@ -84,10 +88,24 @@ impl ProviderError {
 }
 
 /// Per-call facts a provider may need.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CallContext {
     /// The gateway's request id, forwarded as `x-request-id`.
     pub request_id: Option<String>,
+    /// This deployment's limit on the call, overriding the provider's timeout when set.
+    pub timeout: Option<Duration>,
+    /// This deployment's extra headers, sent after (and over) the provider's own.
+    pub headers: Arc<HeaderMap>,
+}
+
+impl CallContext {
+    /// A context carrying only the request id.
+    pub fn new(request_id: Option<String>) -> Self {
+        Self {
+            request_id,
+            ..Self::default()
+        }
+    }
 }
 
 /// Which audio endpoint a form is for.
@@ -194,4 +212,11 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Whether the upstream is reachable and accepts our credentials.
     async fn health(&self) -> Result<(), ProviderError>;
+
+    /// A health probe at `path` (relative to the provider's base URL) when a deployment
+    /// names one; providers without paths probe as [`Provider::health`] does.
+    async fn probe(&self, path: Option<&str>) -> Result<(), ProviderError> {
+        let _ = path;
+        self.health().await
+    }
 }

@@ -1,8 +1,17 @@
-//! The OpenAI-compatible upstream: OpenAI itself, vLLM, llama.cpp's server, another aigw.
+//! The OpenAI-compatible upstream: OpenAI itself, vLLM, llama.cpp's server, another aigw —
+//! and Azure OpenAI, which speaks the same bodies at other URLs.
 //!
 //! One pooled keep-alive `reqwest` client per provider. Non-streaming calls are bounded by
 //! the provider's timeout; streams by the same timeout on the response head and on the
 //! silence between chunks, and are re-emitted chunk by chunk as they arrive.
+//!
+//! Azure differences handled here: the deployment is in the path
+//! (`/openai/deployments/{deployment}/chat/completions?api-version=…`), the key goes in an
+//! `api-key` header, `retry-after-ms` refines `Retry-After`, and its content filter is made
+//! OpenAI-shaped: a filtered completion becomes a 400 with `code: "content_filter"` (a filtered
+//! prompt already is one), and in a stream a choice whose `content_filter_results` report
+//! `filtered: true` ends with `finish_reason: "content_filter"`. Azure's extra chunks that carry
+//! only `prompt_filter_results` are dropped.
 
 use std::time::Duration;
 
@@ -19,6 +28,7 @@ use serde::de::DeserializeOwned;
 use super::sse::SseDecoder;
 use super::{AudioRequest, AudioResponse, CallContext, ChunkStream, Provider, ProviderError};
 use crate::config::ProviderConfig;
+use crate::config::ProviderKind;
 
 /// Most bytes of an upstream error body read for the error message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -30,6 +40,16 @@ pub struct OpenAiProvider {
     health_url: String,
     timeout: Duration,
     client: reqwest::Client,
+    dialect: Dialect,
+}
+
+/// Where the two OpenAI dialects differ.
+#[derive(Debug, Clone)]
+enum Dialect {
+    /// `{base_url}{path}`, `Authorization: Bearer`.
+    OpenAi,
+    /// `{base_url}/openai/deployments/{model}{path}?api-version=…`, `api-key`.
+    Azure { api_version: String },
 }
 
 impl OpenAiProvider {
@@ -43,52 +63,95 @@ impl OpenAiProvider {
                 .map_err(|e| ProviderError::InvalidResponse(format!("header {name}: {e}")))?;
             headers.insert(name, value);
         }
+        let dialect = match &cfg.kind {
+            ProviderKind::Azure { api_version } => Dialect::Azure {
+                api_version: api_version.clone(),
+            },
+            _ => Dialect::OpenAi,
+        };
         if let Some(key) = &cfg.api_key {
-            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+            let (name, text) = match dialect {
+                Dialect::OpenAi => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+                Dialect::Azure { .. } => (HeaderName::from_static("api-key"), key.clone()),
+            };
+            let mut value = HeaderValue::from_str(&text).map_err(|_| {
                 ProviderError::InvalidResponse("API key is not a valid header value".into())
             })?;
             value.set_sensitive(true);
-            headers.insert(http::header::AUTHORIZATION, value);
+            headers.insert(name, value);
         }
         let client = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(cfg.connect_timeout)
-            .read_timeout(cfg.timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .user_agent(concat!("aigw/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ProviderError::Connect(e.to_string()))?;
+        let mut health_url = format!("{}{}", cfg.base_url, cfg.health_path);
+        if let Dialect::Azure { api_version } = &dialect {
+            health_url = with_api_version(&health_url, api_version);
+        }
         Ok(Self {
             name: cfg.name.clone(),
             base_url: cfg.base_url.clone(),
-            health_url: format!("{}{}", cfg.base_url, cfg.health_path),
+            health_url,
             timeout: cfg.timeout,
             client,
+            dialect,
         })
     }
 
-    fn post(&self, path: &str, ctx: &CallContext) -> reqwest::RequestBuilder {
-        let mut rb = self.client.post(format!("{}{path}", self.base_url));
+    /// The URL of an endpoint (`/chat/completions`) for `model`.
+    fn url(&self, path: &str, model: &str) -> String {
+        match &self.dialect {
+            Dialect::OpenAi => format!("{}{path}", self.base_url),
+            Dialect::Azure { api_version } => with_api_version(
+                &format!(
+                    "{}/openai/deployments/{}{path}",
+                    self.base_url,
+                    path_segment(model)
+                ),
+                api_version,
+            ),
+        }
+    }
+
+    fn is_azure(&self) -> bool {
+        matches!(self.dialect, Dialect::Azure { .. })
+    }
+
+    fn post(&self, path: &str, model: &str, ctx: &CallContext) -> reqwest::RequestBuilder {
+        let mut rb = self.client.post(self.url(path, model));
+
         if let Some(id) = &ctx.request_id {
             rb = rb.header("x-request-id", id);
         }
+        for (name, value) in ctx.headers.iter() {
+            rb = rb.header(name, value);
+        }
         rb
+    }
+
+    /// The limit on one call: the deployment's, else the provider's.
+    fn timeout(&self, ctx: &CallContext) -> Duration {
+        ctx.timeout.unwrap_or(self.timeout)
     }
 
     async fn post_json<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         path: &str,
+        model: &str,
         req: &Req,
         ctx: &CallContext,
     ) -> Result<Resp, ProviderError> {
         let body =
             serde_json::to_vec(req).map_err(|e| ProviderError::InvalidResponse(e.to_string()))?;
         let resp = self
-            .post(path, ctx)
+            .post(path, model, ctx)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body)
-            .timeout(self.timeout)
+            .timeout(self.timeout(ctx))
             .send()
             .await
             .map_err(map_reqwest)?;
@@ -100,23 +163,25 @@ impl OpenAiProvider {
     async fn post_stream<Req: Serialize, Chunk: DeserializeOwned + Send + 'static>(
         &self,
         path: &str,
+        model: &str,
         req: &Req,
         ctx: &CallContext,
     ) -> Result<ChunkStream<Chunk>, ProviderError> {
         let body =
             serde_json::to_vec(req).map_err(|e| ProviderError::InvalidResponse(e.to_string()))?;
         let send = self
-            .post(path, ctx)
+            .post(path, model, ctx)
             .header(http::header::CONTENT_TYPE, "application/json")
             .header(http::header::ACCEPT, "text/event-stream")
             .body(body)
             .send();
-        let resp = tokio::time::timeout(self.timeout, send)
+        let timeout = self.timeout(ctx);
+        let resp = tokio::time::timeout(timeout, send)
             .await
             .map_err(|_| ProviderError::Timeout)?
             .map_err(map_reqwest)?;
         let resp = check_status(resp).await?;
-        Ok(decode_sse(resp.bytes_stream(), self.timeout))
+        Ok(decode_sse(resp.bytes_stream(), timeout))
     }
 }
 
@@ -216,12 +281,7 @@ pub(crate) async fn check_status(
     if status.is_success() {
         return Ok(resp);
     }
-    let retry_after = resp
-        .headers()
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = retry_after(resp.headers());
     let mut body = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(Ok(chunk)) = stream.next().await {
@@ -230,8 +290,14 @@ pub(crate) async fn check_status(
             break;
         }
     }
-    let parsed = serde_json::from_slice::<ErrorResponse>(&body)
-        .ok()
+    let parsed = parse_error_body(&body)
+        .map(|mut e| {
+            // Azure sends `type: null` on its 400s; clients expect a class.
+            if status.is_client_error() && e.error.kind == "upstream_error" {
+                e.error.kind = "invalid_request_error".into();
+            }
+            e
+        })
         .or_else(|| {
             let text = String::from_utf8_lossy(&body)
                 .trim()
@@ -260,7 +326,14 @@ impl Provider for OpenAiProvider {
     ) -> Result<ChatCompletionResponse, ProviderError> {
         req.stream = None;
         req.stream_options = None;
-        self.post_json("/chat/completions", &req, ctx).await
+        let model = req.model.clone();
+        let resp: ChatCompletionResponse = self
+            .post_json("/chat/completions", &model, &req, ctx)
+            .await?;
+        if self.is_azure() {
+            azure::check_completion(&resp)?;
+        }
+        Ok(resp)
     }
 
     async fn chat_stream(
@@ -272,7 +345,15 @@ impl Provider for OpenAiProvider {
         req.stream_options
             .get_or_insert_with(StreamOptions::default)
             .include_usage = Some(true);
-        self.post_stream("/chat/completions", &req, ctx).await
+        let model = req.model.clone();
+        let stream = self
+            .post_stream("/chat/completions", &model, &req, ctx)
+            .await?;
+        Ok(if self.is_azure() {
+            azure::map_stream(stream)
+        } else {
+            stream
+        })
     }
 
     async fn completion(
@@ -282,7 +363,8 @@ impl Provider for OpenAiProvider {
     ) -> Result<CompletionResponse, ProviderError> {
         req.stream = None;
         req.stream_options = None;
-        self.post_json("/completions", &req, ctx).await
+        self.post_json("/completions", &req.model.clone(), &req, ctx)
+            .await
     }
 
     async fn completion_stream(
@@ -294,7 +376,8 @@ impl Provider for OpenAiProvider {
         req.stream_options
             .get_or_insert_with(StreamOptions::default)
             .include_usage = Some(true);
-        self.post_stream("/completions", &req, ctx).await
+        self.post_stream("/completions", &req.model.clone(), &req, ctx)
+            .await
     }
 
     async fn embeddings(
@@ -302,7 +385,8 @@ impl Provider for OpenAiProvider {
         req: EmbeddingRequest,
         ctx: &CallContext,
     ) -> Result<EmbeddingResponse, ProviderError> {
-        self.post_json("/embeddings", &req, ctx).await
+        self.post_json("/embeddings", &req.model.clone(), &req, ctx)
+            .await
     }
 
     async fn audio(
@@ -316,19 +400,21 @@ impl Provider for OpenAiProvider {
                 .mime_str(ct)
                 .map_err(|e| ProviderError::InvalidResponse(e.to_string()))?;
         }
+        let model = req.model;
         let mut form = reqwest::multipart::Form::new()
             .part("file", part)
-            .text("model", req.model);
+            .text("model", model.clone());
         for (name, value) in req.fields {
             form = form.text(name, value);
         }
         let resp = self
             .post(
                 &format!("/{}", req.task.path().trim_start_matches('/')),
+                &model,
                 ctx,
             )
             .multipart(form)
-            .timeout(self.timeout)
+            .timeout(self.timeout(ctx))
             .send()
             .await
             .map_err(map_reqwest)?;
@@ -344,13 +430,151 @@ impl Provider for OpenAiProvider {
     }
 
     async fn health(&self) -> Result<(), ProviderError> {
+        self.probe(None).await
+    }
+
+    async fn probe(&self, path: Option<&str>) -> Result<(), ProviderError> {
+        let url = match (path, &self.dialect) {
+            (None, _) => self.health_url.clone(),
+            (Some(p), Dialect::OpenAi) => format!("{}{p}", self.base_url),
+            (Some(p), Dialect::Azure { api_version }) => {
+                with_api_version(&format!("{}{p}", self.base_url), api_version)
+            }
+        };
         let resp = self
             .client
-            .get(&self.health_url)
+            .get(&url)
             .timeout(self.timeout.min(Duration::from_secs(10)))
             .send()
             .await
             .map_err(map_reqwest)?;
         check_status(resp).await.map(|_| ())
+    }
+}
+
+/// The upstream's `Retry-After` (seconds) or `retry-after-ms`, whichever is more precise.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    text("retry-after-ms")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_millis)
+        .or_else(|| {
+            text("retry-after")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
+        })
+}
+
+/// Reads an error body of any of the shapes upstreams use: OpenAI's, Azure's (`type: null`,
+/// numeric `code`, `innererror`), Anthropic's (`{"type":"error","error":{"type","message"}}`).
+/// Keeps message, type, param and code; drops everything else.
+pub(crate) fn parse_error_body(body: &[u8]) -> Option<ErrorResponse> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let error = value.get("error")?;
+    let text = |key: &str| match error.get(key) {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let message = match error {
+        serde_json::Value::String(s) => s.clone(),
+        _ => text("message")?,
+    };
+    Some(ErrorResponse::new(
+        message,
+        text("type").unwrap_or_else(|| "upstream_error".into()),
+        text("param"),
+        text("code"),
+    ))
+}
+
+/// Appends `api-version` to a URL.
+fn with_api_version(url: &str, api_version: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}api-version={}", path_segment(api_version))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Azure OpenAI's content filter, made OpenAI-shaped.
+mod azure {
+    use aigw_models::openai::{ChatCompletionChunk, ChatCompletionResponse, Extra, FinishReason};
+    use futures::StreamExt;
+
+    use super::{ChunkStream, ProviderError};
+
+    /// The filter categories that `content_filter_results` marks `filtered: true`.
+    fn filtered_categories(extra: &Extra) -> Vec<String> {
+        let Some(serde_json::Value::Object(results)) = extra.get("content_filter_results") else {
+            return Vec::new();
+        };
+        results
+            .iter()
+            .filter(|(_, r)| r.get("filtered").and_then(serde_json::Value::as_bool) == Some(true))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// A completion the filter cut is a 400 with `code: "content_filter"`, not a 200 with a
+    /// silently truncated answer.
+    pub(super) fn check_completion(resp: &ChatCompletionResponse) -> Result<(), ProviderError> {
+        for choice in &resp.choices {
+            let categories = filtered_categories(&choice.extra);
+            if choice.finish_reason == Some(FinishReason::ContentFilter) || !categories.is_empty() {
+                let which = if categories.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (categories: {})", categories.join(", "))
+                };
+                return Err(ProviderError::Rejected {
+                    message: format!(
+                        "The response was filtered by Azure OpenAI's content management policy{which}."
+                    ),
+                    param: None,
+                    code: "content_filter",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops chunks that carry only filter annotations, ends a choice the filter stopped
+    /// with `finish_reason: "content_filter"`, and drops what Azure sends for a choice after
+    /// it finished (so each choice finishes once).
+    pub(super) fn map_stream(
+        stream: ChunkStream<ChatCompletionChunk>,
+    ) -> ChunkStream<ChatCompletionChunk> {
+        let mut finished = std::collections::HashSet::new();
+        stream
+            .filter_map(move |item| {
+                std::future::ready(match item {
+                    Ok(mut chunk) => {
+                        chunk.choices.retain(|c| !finished.contains(&c.index));
+                        for choice in &mut chunk.choices {
+                            if !filtered_categories(&choice.extra).is_empty() {
+                                choice.finish_reason = Some(FinishReason::ContentFilter);
+                            }
+                            if choice.finish_reason.is_some() {
+                                finished.insert(choice.index);
+                            }
+                        }
+                        (!chunk.choices.is_empty() || chunk.usage.is_some()).then_some(Ok(chunk))
+                    }
+                    Err(e) => Some(Err(e)),
+                })
+            })
+            .boxed()
     }
 }

@@ -16,7 +16,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
+
 use serde::Serialize;
 
 pub use audio::{create_transcription, create_translation};
@@ -28,7 +29,7 @@ pub use ops::{health, metrics, ready};
 
 use crate::auth::{self, Principal};
 use crate::error::GatewayError;
-use crate::pipeline::{self, Generation, Reply, RequestCtx};
+use crate::pipeline::{self, Generation, Reply, RequestCtx, Routed};
 use crate::providers::CallContext;
 use crate::state::AppState;
 use crate::streaming::ChunkMeta;
@@ -98,7 +99,8 @@ fn request_ctx<'a>(
         state,
         principal,
         timing,
-        call: CallContext { request_id },
+        call: CallContext::new(request_id),
+
         start: Instant::now(),
         route,
     }
@@ -126,6 +128,27 @@ fn labelled(alias: &std::sync::Arc<str>, resp: impl IntoResponse) -> Response {
     let mut resp = resp.into_response();
     resp.extensions_mut().insert(ModelLabel(alias.clone()));
     resp
+}
+
+/// Which deployment answered a request.
+pub const DEPLOYMENT_HEADER: &str = "x-aigw-deployment";
+/// How many deployments a request called.
+pub const ATTEMPTS_HEADER: &str = "x-aigw-attempts";
+
+impl<T: IntoResponse> IntoResponse for Routed<T> {
+    fn into_response(self) -> Response {
+        let mut resp = self.result.into_response();
+        let headers = resp.headers_mut();
+        if let Some(name) = self.deployment
+            && let Ok(value) = HeaderValue::from_str(&name)
+        {
+            headers.insert(DEPLOYMENT_HEADER, value);
+        }
+        if self.attempts > 0 {
+            headers.insert(ATTEMPTS_HEADER, HeaderValue::from(self.attempts));
+        }
+        resp
+    }
 }
 
 impl<T: Serialize, C: ChunkMeta> IntoResponse for Reply<T, C> {

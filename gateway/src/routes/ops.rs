@@ -1,4 +1,4 @@
-//! Operational endpoints: liveness, readiness and metrics.
+//! Operational endpoints: liveness, readiness, metrics and the local engines' load.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +9,10 @@ use http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::health::ProbeResult;
+use std::time::Instant;
+
+use crate::breaker::CircuitState;
+use crate::health::{ProbeResult, usable};
 use crate::state::AppState;
 
 /// Liveness or readiness.
@@ -17,9 +20,18 @@ use crate::state::AppState;
 pub struct HealthStatus {
     /// `ok`, `ready` or `not_ready`.
     pub status: String,
-    /// Per upstream provider: `up`, `unknown` or why it is down (readiness only).
+    /// Readiness only: each alias and its deployments.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub upstreams: BTreeMap<String, String>,
+    pub models: BTreeMap<String, ModelReadiness>,
+}
+
+/// Whether one alias can be served.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelReadiness {
+    /// At least one deployment passed its last health probe and has no open circuit.
+    pub ready: bool,
+    /// Per deployment: `up`, `unknown` (not probed yet), `down: REASON` or `circuit open`.
+    pub deployments: BTreeMap<String, String>,
 }
 
 /// Liveness: the process is serving HTTP.
@@ -28,30 +40,39 @@ pub struct HealthStatus {
 pub async fn health() -> Json<HealthStatus> {
     Json(HealthStatus {
         status: "ok".into(),
-        upstreams: BTreeMap::new(),
+        models: BTreeMap::new(),
     })
 }
 
-/// Readiness: every configured upstream answered its last health probe.
+/// Readiness: every model alias still has a deployment that passed its last health probe
+/// and whose circuit is not open.
 #[utoipa::path(get, path = "/ready", tag = "Operations",
     responses(
-        (status = 200, body = HealthStatus, description = "Ready to serve"),
-        (status = 503, body = HealthStatus, description = "Some upstream is unreachable or not yet probed"),
+        (status = 200, body = HealthStatus, description = "Every alias can be served"),
+        (status = 503, body = HealthStatus, description = "Some alias has no usable deployment"),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let snapshot = state.health().snapshot();
-    let ready = snapshot.values().all(|r| *r == ProbeResult::Up);
-    let upstreams = snapshot
-        .into_iter()
-        .map(|(name, r)| {
-            let text = match r {
-                ProbeResult::Up => "up".to_string(),
-                ProbeResult::Unknown => "unknown".to_string(),
-                ProbeResult::Down(why) => format!("down: {why}"),
+    let now = Instant::now();
+    let mut models = BTreeMap::new();
+    for route in state.routes().all() {
+        let mut deployments = BTreeMap::new();
+        let mut ready = false;
+        for d in route.deployments() {
+            ready |= usable(d, now);
+            let text = match (d.health(), d.breaker.state(now)) {
+                (ProbeResult::Down(why), _) => format!("down: {why}"),
+                (_, CircuitState::Open) => "circuit open".to_string(),
+                (ProbeResult::Up, _) => "up".to_string(),
+                (ProbeResult::Unknown, _) => "unknown".to_string(),
             };
-            (name, text)
-        })
-        .collect();
+            deployments.insert(d.name.to_string(), text);
+        }
+        models.insert(
+            route.alias.to_string(),
+            ModelReadiness { ready, deployments },
+        );
+    }
+    let ready = models.values().all(|m| m.ready);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -59,7 +80,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     };
     let body = HealthStatus {
         status: if ready { "ready" } else { "not_ready" }.into(),
-        upstreams,
+        models,
     };
     (status, Json(body)).into_response()
 }

@@ -8,10 +8,12 @@
     reason = "test harness"
 )]
 
+mod azure;
 mod chat;
 mod errors;
 mod mock;
 mod other;
+mod routing;
 mod sdk;
 mod tools;
 
@@ -106,8 +108,18 @@ impl Gateway {
     /// A gateway with extra `[server]` lines or extra tables appended after `[server]`.
     pub async fn start_with(extra: &str) -> Self {
         let mock = mock::start().await;
-        let config =
-            Config::parse(&config_toml(&mock.base_url(), extra), &test_env).expect("test config");
+        let toml = config_toml(&mock.base_url(), extra);
+        Self::start_config(mock, &toml).await
+    }
+
+    /// A gateway with this whole config file (the standard mock runs beside it, unused).
+    pub async fn start_toml(toml: &str) -> Self {
+        Self::start_config(mock::start().await, toml).await
+    }
+
+    async fn start_config(mock: MockServer, toml: &str) -> Self {
+        let config = Config::parse(toml, &test_env).expect("test config");
+
         let state = AppState::new(config).expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

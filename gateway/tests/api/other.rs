@@ -160,20 +160,27 @@ async fn health_ready_metrics_and_docs() {
     let gw = Gateway::start().await;
     let health: Value = gw.get("/health").await.json().await.unwrap();
     assert_eq!(health["status"], "ok");
-    // One provider is dead on purpose, so the gateway is not ready, and says why.
+    // The alias `unreachable` has one deployment, on a dead provider, so the gateway is not
+    // ready, and says why.
     let mut ready = Value::Null;
+    let echo = &"echo/mock/mock-echo";
+    let dead = &"unreachable/dead/unreachable";
     for _ in 0..50 {
         let resp = gw.get("/ready").await;
         assert_eq!(resp.status(), 503);
         ready = resp.json().await.unwrap();
-        if ready["upstreams"]["mock"] == "up" && ready["upstreams"]["dead"] != "unknown" {
+        if ready["models"]["echo"]["deployments"][echo] == "up"
+            && ready["models"]["unreachable"]["deployments"][dead] != "unknown"
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(ready["upstreams"]["mock"], "up", "{ready}");
+    assert_eq!(ready["status"], "not_ready", "{ready}");
+    assert_eq!(ready["models"]["echo"]["ready"], true, "{ready}");
+    assert_eq!(ready["models"]["unreachable"]["ready"], false, "{ready}");
     assert!(
-        ready["upstreams"]["dead"]
+        ready["models"]["unreachable"]["deployments"][dead]
             .as_str()
             .unwrap()
             .starts_with("down"),
@@ -181,9 +188,10 @@ async fn health_ready_metrics_and_docs() {
     );
     let metrics = gw.get("/metrics").await.text().await.unwrap();
     assert!(
-        metrics.contains(r#"aigw_upstream_up{provider="mock"} 1"#),
+        metrics.contains(r#"aigw_deployment_up{deployment="echo/mock/mock-echo"} 1"#),
         "{metrics}"
     );
+
     assert!(metrics.contains("aigw_request_duration_seconds_bucket"));
 
     let spec: Value = gw.get("/openapi.json").await.json().await.unwrap();
