@@ -176,6 +176,28 @@ impl Connection {
         }
     }
 
+    /// Sends one request, drains its body and returns the status and the
+    /// response headers (for scenarios that read the gateway's headers).
+    pub async fn send_headers(
+        &mut self,
+        target: &Target,
+        timeout: Duration,
+    ) -> Result<(StatusCode, HeaderMap), RequestError> {
+        let work = async {
+            self.sender.ready().await?;
+            let resp = self.sender.send_request(target.request()).await?;
+            let (parts, mut body) = resp.into_parts();
+            while let Some(frame) = body.frame().await {
+                frame?;
+            }
+            Ok::<_, hyper::Error>((parts.status, parts.headers))
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(result) => result.map_err(RequestError::Io),
+            Err(_) => Err(RequestError::Timeout),
+        }
+    }
+
     /// Sends one request and hands every data frame of the answer, whatever
     /// its status, to `on_data` as it arrives (for streamed answers, where
     /// the arrival times matter); returns the status once the body has

@@ -18,6 +18,8 @@
 //! - [`streams`]: concurrent streamed chat completions (one round of the
 //!   engine benchmark) and their statistics.
 //! - [`roofline`]: memory-bandwidth measurement and the decode roofline.
+//! - [`routing`]: the routing scenario (ten deployments per alias, and a fallback from a
+//!   failing deployment, measured by the gateway's own time).
 //! - [`engine`]: the local-engine scenario (the gateway's in-process model
 //!   under 1 to 64 streams, against llama.cpp and the roofline).
 //! - [`results`]: provenance of a result (UTC date, machine, command line,
@@ -38,6 +40,7 @@ pub mod procs;
 pub mod report_md;
 pub mod results;
 pub mod roofline;
+pub mod routing;
 pub mod schedule;
 pub mod sse;
 pub mod stats;

@@ -1,4 +1,4 @@
-//! `aigw-bench`: mock upstream, load generator, gateway-overhead and
+//! `aigw-bench`: mock upstream, load generator, gateway-overhead, routing and
 //! local-engine scenarios.
 
 use std::io::Write as _;
@@ -15,6 +15,7 @@ use aigw_bench::client::Target;
 use aigw_bench::engine::{self, EngineConfig};
 use aigw_bench::load::{self, LoadConfig};
 use aigw_bench::overhead::{self, OverheadConfig};
+use aigw_bench::routing::{self, RoutingBenchConfig};
 
 /// Benchmarks for the aigw gateway.
 #[derive(Debug, Parser)]
@@ -99,6 +100,25 @@ enum Cmd {
         /// Per-request timeout, seconds.
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
+    },
+    /// Measure what routing among ten deployments and a fallback from a
+    /// failing deployment cost the gateway; write results.
+    Routing {
+        /// The aigw binary to measure.
+        #[arg(long)]
+        aigw: PathBuf,
+        /// Measured requests per alias.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Unmeasured requests per alias first.
+        #[arg(long, default_value_t = 2_000)]
+        warmup: usize,
+        /// Rounds interleaving the aliases.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Directory of the result files.
+        #[arg(long, default_value = "bench/results")]
+        out_dir: PathBuf,
     },
     /// Benchmark the gateway's local chat engine under concurrent streams,
     /// against llama.cpp and the memory-bandwidth roofline; write results.
@@ -216,6 +236,28 @@ fn main() -> anyhow::Result<()> {
             std::io::stdout()
                 .lock()
                 .write_all(aigw_bench::report_md::render(&report).as_bytes())?;
+            eprintln!("wrote {} and {}", json.display(), md.display());
+            Ok(())
+        }
+        Cmd::Routing {
+            aigw,
+            requests,
+            warmup,
+            rounds,
+            out_dir,
+        } => {
+            let cfg = RoutingBenchConfig {
+                aigw,
+                requests,
+                warmup,
+                rounds,
+                out_dir,
+            };
+            let report = routing::run(&cfg)?;
+            let [json, md] = report.write(&cfg.out_dir)?;
+            std::io::stdout()
+                .lock()
+                .write_all(routing::render(&report).as_bytes())?;
             eprintln!("wrote {} and {}", json.display(), md.display());
             Ok(())
         }

@@ -8,6 +8,8 @@
 //!   when the body asks for `"stream": true`, a server-sent-event stream of
 //!   `chat.completion.chunk` events, a usage chunk and `data: [DONE]`;
 //! - `GET /v1/models`: a one-model list;
+//! - the same under `/fail` (`/fail/v1/...`), except that chat requests get a 503 JSON error
+//!   at once (the failing deployment of the routing benchmark);
 //! - anything else: a 404 JSON error.
 
 use std::convert::Infallible;
@@ -99,6 +101,7 @@ pub struct Responses {
     stream: Arc<[Bytes]>,
     models: Arc<[Bytes]>,
     not_found: Arc<[Bytes]>,
+    unavailable: Arc<[Bytes]>,
 }
 
 impl Responses {
@@ -123,6 +126,13 @@ impl Responses {
                     "message": "not found",
                     "type": "invalid_request_error",
                     "code": "not_found",
+                },
+            })),
+            unavailable: one(json!({
+                "error": {
+                    "message": "the mock fails every chat request under /fail",
+                    "type": "server_error",
+                    "code": null,
                 },
             })),
         }
@@ -227,7 +237,21 @@ async fn handle(
     responses: Arc<Responses>,
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, hyper::Error> {
-    let is_chat = req.uri().path() == "/v1/chat/completions";
+    // Under `/fail` the same API answers every chat request with a 503 at once: the failing
+    // deployment of the routing benchmark.
+    let (failing, path) = match req.uri().path().strip_prefix("/fail") {
+        Some(rest) => (true, rest),
+        None => (false, req.uri().path()),
+    };
+    let is_chat = path == "/v1/chat/completions";
+    if is_chat && req.method() == Method::POST && failing {
+        req.into_body().collect().await?;
+        return Ok(respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            &responses.unavailable,
+        ));
+    }
     if is_chat && req.method() == Method::POST {
         let body = req.into_body().collect().await?.to_bytes();
         if wants_stream(&body) {
@@ -242,7 +266,7 @@ async fn handle(
             &responses.completion,
         ));
     }
-    if req.uri().path() == "/v1/models" && req.method() == Method::GET {
+    if path == "/v1/models" && req.method() == Method::GET {
         return Ok(respond(
             StatusCode::OK,
             "application/json",
