@@ -8,6 +8,7 @@
     reason = "test harness"
 )]
 
+mod anthropic_e2e;
 mod azure;
 mod chat;
 mod errors;
