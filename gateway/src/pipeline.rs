@@ -224,6 +224,13 @@ fn classify(e: &ProviderError) -> Next {
         {
             Next::Retry
         }
+        // What this deployment cannot do (a parameter Anthropic lacks, a prompt longer than a
+        // small local model's context) another may: skip it, without blaming its circuit.
+        ProviderError::Rejected { code, .. }
+            if matches!(*code, "unsupported_parameter" | "context_length_exceeded") =>
+        {
+            Next::Skip
+        }
         ProviderError::Status { .. } | ProviderError::Rejected { .. } => Next::PassThrough,
         ProviderError::Unsupported(_) => Next::Skip,
     }
@@ -373,12 +380,13 @@ where
 }
 
 /// The error of a walk that found no deployment: the one failure itself when there was a
-/// single one (or when every deployment lacks the endpoint), else the list.
+/// single one (or when every deployment lacked the endpoint or a parameter: a 400), else
+/// the list.
 fn aggregate(alias: &str, mut failures: Vec<AttemptFailure>) -> GatewayError {
     let unsupported = |f: &AttemptFailure| {
         matches!(
             f.reason,
-            FailReason::Provider(ProviderError::Unsupported(_))
+            FailReason::Provider(ProviderError::Unsupported(_) | ProviderError::Rejected { .. })
         )
     };
     let single = failures.len() == 1 && matches!(failures[0].reason, FailReason::Provider(_));

@@ -517,6 +517,16 @@ async fn anthropic_client_errors_pass_through_without_fallback() {
     let err = expect_error(resp, 400).await;
     assert_eq!(err["param"], "n", "{err}");
     assert_eq!(seen.bodies("anthropic").len(), 2);
+
+    // Where a later deployment can honour it, that one serves the request instead.
+    let mut body = chat_body("gm-strict", "Give me three openings.");
+    body["n"] = json!(3);
+    let resp = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(attempts(&resp), "2");
+    assert_eq!(deployment(&resp), "gpt-strict");
+    assert_eq!(seen.bodies("anthropic").len(), 2, "refused before any call");
+    assert_eq!(seen.bodies("openai").len(), 1);
 }
 
 /// The openai Python SDK reads Anthropic-backed answers, streamed tool calls and errors.

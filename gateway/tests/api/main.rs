@@ -13,6 +13,7 @@ mod azure;
 mod chat;
 mod errors;
 mod mock;
+mod openai_fixtures;
 mod other;
 mod routing;
 mod sdk;
