@@ -363,9 +363,24 @@ pub fn render(r: &RoutingReport) -> String {
     }
     let _ = writeln!(
         out,
-        "\nThe failing endpoint called directly: p50 {}, p99 {} (the failed attempt's own time).\n",
+        "\nThe failing endpoint called directly: p50 {}, p99 {} (the failed attempt's own time).",
         fmt_us(r.failing_direct.p50_us as f64),
         fmt_us(r.failing_direct.p99_us as f64)
+    );
+    let client_p50 = |alias: &str| {
+        r.aliases
+            .iter()
+            .find(|a| a.alias == alias)
+            .map_or(0, |a| a.client_latency.p50_us) as i64
+    };
+    let added = client_p50("fallback") - client_p50("one") - r.failing_direct.p50_us as i64;
+    let _ = writeln!(
+        out,
+        "Client-side cross-check at the median: `fallback` − `one` − the failing endpoint's own \
+         time = {added}µs (this includes the extra attempt's request serialisation and \
+         connection handling, which the gateway time counts as upstream time). Percentiles \
+         above the median are dominated by this shared 2-core machine's scheduling noise and \
+         do not subtract.\n"
     );
     out.push_str("## Targets\n\n");
     out.push_str(&targets_table(&r.targets));
