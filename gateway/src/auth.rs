@@ -28,6 +28,8 @@ pub struct Principal {
     pub tenant: Arc<str>,
     /// Aliases the key may use; `None` means all.
     pub models: Option<Arc<[String]>>,
+    /// The key's budget policy, if it names one.
+    pub policy: Option<Arc<str>>,
 }
 
 impl Principal {
@@ -37,6 +39,7 @@ impl Principal {
             key_name: "anonymous".into(),
             tenant: "default".into(),
             models: None,
+            policy: None,
         }
     }
 
@@ -66,6 +69,7 @@ impl KeyStore {
                     key_name: k.name.as_str().into(),
                     tenant: k.tenant.as_str().into(),
                     models: k.models.as_ref().map(|m| m.clone().into()),
+                    policy: k.policy.as_deref().map(Into::into),
                 };
                 Some((digest, principal))
             })
@@ -135,6 +139,7 @@ mod tests {
             sha256: Some(hash_key("sk-good")),
             tenant: "t1".into(),
             models: Some(vec!["chat".into()]),
+            policy: None,
         }])
     }
 

@@ -65,6 +65,12 @@ pub struct RawConfig {
     #[serde(default)]
     routing: RawRouting,
     local: Option<RawLocal>,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    budgets: RawBudgets,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +123,44 @@ struct RawKey {
     sha256: Option<String>,
     tenant: Option<String>,
     models: Option<Vec<String>>,
+    policy: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    redis_url_env: Option<String>,
+    key_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    key_env: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudgets {
+    default_policy: Option<String>,
+    reservation_ttl_secs: Option<f64>,
+    default_max_tokens: Option<u32>,
+    escalation_threshold: Option<u8>,
+    webhook_url: Option<String>,
+    #[serde(default)]
+    policies: BTreeMap<String, RawPolicy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    tokens: Option<u64>,
+    cost_usd: Option<f64>,
+    audio_secs: Option<f64>,
+    window: Option<String>,
+    thresholds: Option<Vec<u8>>,
+    downgrade_at: Option<u8>,
+    downgrade_to: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +260,8 @@ struct RawModel {
     owned_by: Option<String>,
     deadline_secs: Option<f64>,
     max_attempts: Option<usize>,
+    input_usd_per_1m: Option<f64>,
+    output_usd_per_1m: Option<f64>,
     #[serde(default)]
     groups: Vec<RawGroup>,
 }
@@ -278,6 +324,12 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     /// Routing defaults.
     pub routing: RoutingConfig,
+    /// Where shared state lives.
+    pub state: StateConfig,
+    /// The admin API's key (SHA-256); `None`: the admin API is off.
+    pub admin_key: Option<[u8; 32]>,
+    /// Per-session budgets.
+    pub budgets: BudgetsConfig,
 
     /// Models served in-process.
     pub local: LocalConfig,
@@ -400,6 +452,60 @@ pub struct ApiKeyConfig {
     pub tenant: String,
     /// Aliases the key may use; `None` means all.
     pub models: Option<Vec<String>>,
+    /// The budget policy of the key's sessions; `None`: `budgets.default_policy`.
+    pub policy: Option<String>,
+}
+
+/// Where shared state (budgets, rate limits, cache, events) lives.
+#[derive(Debug, Clone, Default)]
+pub struct StateConfig {
+    /// Redis URL (from the env var named in the file); `None`: in memory.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key but the response cache's.
+    pub key_prefix: String,
+}
+
+/// How long a budget's usage accumulates before it starts again from zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetWindow {
+    /// The session's whole life.
+    Session,
+    /// A UTC day.
+    Daily,
+    /// An ISO week (UTC).
+    Weekly,
+}
+
+/// One budget policy: ceilings and what happens on the way to them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyConfig {
+    /// The policy's name.
+    pub name: String,
+    /// The ceilings.
+    pub limits: aigw_state::budget::Limits,
+    /// The window.
+    pub window: BudgetWindow,
+    /// Percentages of the ceiling that fire an event (ascending).
+    pub thresholds: Vec<u8>,
+    /// Past this percentage, requests go to `downgrade_to` instead.
+    pub downgrade: Option<(u8, String)>,
+}
+
+/// Per-session budgets.
+#[derive(Debug, Clone, Default)]
+pub struct BudgetsConfig {
+    /// Policies by name.
+    pub policies: BTreeMap<String, PolicyConfig>,
+    /// The policy of keys that name none (and of unauthenticated use); `None`: unlimited.
+    pub default_policy: Option<String>,
+    /// How long a reservation lives if never settled.
+    pub reservation_ttl: Duration,
+    /// `max_tokens` assumed for the reservation of a request that sets none.
+    pub default_max_tokens: u32,
+    /// The threshold whose crossing is an `escalate` event.
+    pub escalation_threshold: u8,
+    /// Where threshold events are POSTed, if anywhere.
+    pub webhook_url: Option<String>,
 }
 
 /// The kinds of upstream provider.
@@ -456,6 +562,8 @@ pub struct ModelConfig {
     pub deadline: Duration,
     /// Most deployments tried for one request.
     pub max_attempts: usize,
+    /// USD per 1M prompt and completion tokens, for cost budgets.
+    pub price: aigw_models::catalog::Price,
 }
 
 /// Provider name that refers to an in-process model of `[local]` (its alias as `model`).
@@ -549,6 +657,17 @@ impl Config {
             routing: RoutingConfig {
                 breaker: BreakerConfig::default(),
             },
+            state: StateConfig {
+                redis_url: None,
+                key_prefix: "ai".into(),
+            },
+            admin_key: None,
+            budgets: BudgetsConfig {
+                reservation_ttl: Duration::from_secs(600),
+                default_max_tokens: 1024,
+                escalation_threshold: 85,
+                ..BudgetsConfig::default()
+            },
             local: LocalConfig::default(),
 
             missing_env: Vec::new(),
@@ -612,13 +731,34 @@ impl Config {
                     ));
                 }
             };
+            if let Some(p) = &k.policy
+                && !raw.budgets.policies.contains_key(p)
+            {
+                return Err(invalid(
+                    format!("{path}.policy"),
+                    format!("no policy named '{p}' under [budgets.policies]"),
+                ));
+            }
             keys.push(ApiKeyConfig {
                 name: k.name,
                 sha256,
                 tenant: k.tenant.unwrap_or_else(|| "default".into()),
                 models: k.models.filter(|m| !m.iter().any(|x| x == "*")),
+                policy: k.policy,
             });
         }
+
+        let state = StateConfig {
+            redis_url: match &raw.state.redis_url_env {
+                Some(var) => lookup(var, "state.redis_url_env")?,
+                None => None,
+            },
+            key_prefix: raw.state.key_prefix.clone().unwrap_or_else(|| "ai".into()),
+        };
+        let admin_key = match &raw.admin.key_env {
+            Some(var) => lookup(var, "admin.key_env")?.map(|k| crate::auth::hash_key(&k)),
+            None => None,
+        };
 
         let mut providers = Vec::new();
         for (name, p) in raw.providers {
@@ -768,6 +908,30 @@ impl Config {
                 }
                 checked.push(out);
             }
+            let mut price = aigw_models::catalog::Price::FREE;
+            for (value, key, slot) in [
+                (
+                    m.input_usd_per_1m,
+                    "input_usd_per_1m",
+                    &mut price.input_per_1m,
+                ),
+                (
+                    m.output_usd_per_1m,
+                    "output_usd_per_1m",
+                    &mut price.output_per_1m,
+                ),
+            ] {
+                match value {
+                    Some(v) if v.is_finite() && v >= 0.0 => *slot = v,
+                    Some(_) => {
+                        return Err(invalid(
+                            format!("{path}.{key}"),
+                            "must be a non-negative number",
+                        ));
+                    }
+                    None => {}
+                }
+            }
             let owned_by = m.owned_by.unwrap_or_else(|| checked[0][0].provider.clone());
             let total: usize = checked.iter().map(Vec::len).sum();
             models.push(ModelConfig {
@@ -784,6 +948,7 @@ impl Config {
                     .or(routing.max_attempts)
                     .unwrap_or(total)
                     .clamp(1, total),
+                price,
             });
         }
         for (i, k) in keys.iter().enumerate() {
@@ -797,10 +962,14 @@ impl Config {
             }
         }
 
+        let budgets = budgets_config(raw.budgets, &aliases)?;
         Ok(Self {
             server,
             keys,
             providers,
+            state,
+            admin_key,
+            budgets,
             models,
             routing: RoutingConfig {
                 breaker: routing.breaker,
@@ -810,6 +979,120 @@ impl Config {
             missing_env,
         })
     }
+}
+
+fn budgets_config(
+    raw: RawBudgets,
+    aliases: &HashSet<String>,
+) -> Result<BudgetsConfig, ConfigError> {
+    let mut policies = BTreeMap::new();
+    for (name, p) in raw.policies {
+        let path = format!("budgets.policies.{name}");
+        let cost_micros = match p.cost_usd {
+            Some(usd) if usd.is_finite() && usd >= 0.0 => Some((usd * 1e6).round() as u64),
+            Some(_) => {
+                return Err(invalid(
+                    format!("{path}.cost_usd"),
+                    "must be a non-negative number",
+                ));
+            }
+            None => None,
+        };
+        let audio_ms = match p.audio_secs {
+            Some(s) if s.is_finite() && s >= 0.0 => Some((s * 1000.0).round() as u64),
+            Some(_) => {
+                return Err(invalid(
+                    format!("{path}.audio_secs"),
+                    "must be a non-negative number",
+                ));
+            }
+            None => None,
+        };
+        let window = match p.window.as_deref().unwrap_or("session") {
+            "session" => BudgetWindow::Session,
+            "daily" => BudgetWindow::Daily,
+            "weekly" => BudgetWindow::Weekly,
+            other => {
+                return Err(invalid(
+                    format!("{path}.window"),
+                    format!("'{other}' is not session, daily or weekly"),
+                ));
+            }
+        };
+        let mut thresholds = p.thresholds.unwrap_or_else(|| vec![50, 85, 100]);
+        if thresholds.iter().any(|t| *t == 0 || *t > 100) {
+            return Err(invalid(
+                format!("{path}.thresholds"),
+                "percentages must be 1..=100",
+            ));
+        }
+        thresholds.sort_unstable();
+        thresholds.dedup();
+        let downgrade = match (p.downgrade_at, p.downgrade_to) {
+            (None, None) => None,
+            (Some(at), Some(to)) => {
+                if !aliases.contains(&to) {
+                    return Err(invalid(
+                        format!("{path}.downgrade_to"),
+                        format!("no model named '{to}'"),
+                    ));
+                }
+                Some((at, to))
+            }
+            _ => {
+                return Err(invalid(
+                    path,
+                    "set both `downgrade_at` (percent) and `downgrade_to` (a model alias), or neither",
+                ));
+            }
+        };
+        policies.insert(
+            name.clone(),
+            PolicyConfig {
+                name,
+                limits: aigw_state::budget::Limits {
+                    tokens: p.tokens,
+                    cost_micros,
+                    audio_ms,
+                },
+                window,
+                thresholds,
+                downgrade,
+            },
+        );
+    }
+    if let Some(p) = &raw.default_policy
+        && !policies.contains_key(p)
+    {
+        return Err(invalid(
+            "budgets.default_policy",
+            format!("no policy named '{p}' under [budgets.policies]"),
+        ));
+    }
+    let escalation_threshold = raw.escalation_threshold.unwrap_or(85);
+    if escalation_threshold == 0 || escalation_threshold > 100 {
+        return Err(invalid(
+            "budgets.escalation_threshold",
+            "must be 1..=100 (percent)",
+        ));
+    }
+    if let Some(url) = &raw.webhook_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(invalid(
+            "budgets.webhook_url",
+            "must start with http:// or https://",
+        ));
+    }
+    Ok(BudgetsConfig {
+        policies,
+        default_policy: raw.default_policy,
+        reservation_ttl: positive_secs(raw.reservation_ttl_secs, "budgets.reservation_ttl_secs")?
+            .unwrap_or(Duration::from_secs(600)),
+        default_max_tokens: raw.default_max_tokens.unwrap_or(1024).max(1),
+        escalation_threshold,
+        webhook_url: raw.webhook_url,
+    })
 }
 
 /// `[routing]` as validated, with the defaults deployments inherit.

@@ -57,6 +57,15 @@ pub enum GatewayError {
         /// Each deployment's failure, in the order tried.
         failures: Vec<AttemptFailure>,
     },
+    /// The session's budget cannot admit the request.
+    #[error("This session's budget is exhausted (remaining: {remaining}).")]
+    QuotaExceeded {
+        /// What is left, per limited dimension.
+        remaining: String,
+    },
+    /// Shared state (Redis) is unreachable and this check fails closed.
+    #[error("The {0} service is unavailable; the request was not attempted. Retry shortly.")]
+    StateUnavailable(String),
     /// A bug or an impossible state; details are logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -225,6 +234,8 @@ impl GatewayError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::StateUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::AllAttemptsFailed { failures, .. } => all_failed_status(failures),
             Self::Provider(e) => match e {
                 ProviderError::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -252,6 +263,8 @@ impl GatewayError {
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Internal(_) => "internal",
+            Self::QuotaExceeded { .. } => "insufficient_quota",
+            Self::StateUnavailable(_) => "state_unavailable",
             Self::AllAttemptsFailed { .. } => "all_attempts_failed",
             Self::Provider(e) => match e {
                 ProviderError::Connect(_) => "upstream_connect",
@@ -287,6 +300,8 @@ impl GatewayError {
                 ("invalid_request_error", None, Some("request_too_large"))
             }
             Self::Internal(_) => ("api_error", None, None),
+            Self::QuotaExceeded { .. } => ("insufficient_quota", None, Some("insufficient_quota")),
+            Self::StateUnavailable(_) => ("api_error", None, Some("budget_unavailable")),
             Self::AllAttemptsFailed { .. } if status == StatusCode::TOO_MANY_REQUESTS => {
                 ("rate_limit_error", None, Some("all_attempts_failed"))
             }
@@ -376,6 +391,14 @@ impl IntoResponse for GatewayError {
             _ => None,
         };
         let mut resp = (status, axum::Json(self.to_body())).into_response();
+        if matches!(self, Self::QuotaExceeded { .. }) {
+            resp.headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        if matches!(self, Self::StateUnavailable(_)) {
+            resp.headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(1));
+        }
         if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));

@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod breaker;
+pub mod budget;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -29,6 +29,8 @@ pub struct LocalModel {
     pub max_batch: usize,
     /// Most requests waiting before 429s.
     pub max_queue: usize,
+    /// Its price (from the catalog; zero for mounted weights).
+    pub price: aigw_models::catalog::Price,
 }
 
 fn device(spec: DeviceSpec) -> anyhow::Result<candle_core::Device> {
@@ -86,6 +88,11 @@ pub fn start(config: &LocalConfig) -> anyhow::Result<Vec<LocalModel>> {
         let path = weights_path(m, &model_dir)?;
         let t0 = std::time::Instant::now();
         let name = format!("local:{}", m.alias);
+        let price = match &m.source {
+            LocalSource::Catalog(id) => aigw_models::catalog::lookup(id)
+                .map_or(aigw_models::catalog::Price::FREE, |e| e.price),
+            LocalSource::Path(_) => aigw_models::catalog::Price::FREE,
+        };
         let model = match m.kind {
             LocalKind::Chat => {
                 let loaded = aigw_inference::llm::load::load_path(&path, &device)
@@ -105,6 +112,7 @@ pub fn start(config: &LocalConfig) -> anyhow::Result<Vec<LocalModel>> {
                     engine: Some(engine),
                     max_batch: config.max_batch,
                     max_queue: config.max_queue,
+                    price,
                 }
             }
             LocalKind::Embedding => {
@@ -120,6 +128,7 @@ pub fn start(config: &LocalConfig) -> anyhow::Result<Vec<LocalModel>> {
                     engine: None,
                     max_batch: aigw_inference::embed::MAX_BATCH,
                     max_queue: config.embedding_concurrency,
+                    price,
                 }
             }
         };

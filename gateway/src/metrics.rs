@@ -44,6 +44,12 @@ pub struct Metrics {
     pub deployment_circuit: prometheus::IntGaugeVec,
     /// Latency of answered attempts by deployment (streams: to the first chunk).
     pub deployment_latency: HistogramVec,
+    /// Requests refused for an exhausted budget, by tenant.
+    pub budget_denials: IntCounterVec,
+    /// Budget events by kind (`threshold`, `escalate`).
+    pub budget_events: IntCounterVec,
+    /// Shared-state failures by operation (`budget` fails closed, `cache` open).
+    pub state_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -136,6 +142,27 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        let budget_denials = IntCounterVec::new(
+            Opts::new(
+                "budget_denials_total",
+                "Requests refused for an exhausted budget",
+            ),
+            &["tenant"],
+        )?;
+        let budget_events = IntCounterVec::new(
+            Opts::new("budget_events_total", "Budget threshold events by kind"),
+            &["kind"],
+        )?;
+        let state_errors = IntCounterVec::new(
+            Opts::new(
+                "state_errors_total",
+                "Shared-state (Redis) failures by operation",
+            ),
+            &["operation"],
+        )?;
+        registry.register(Box::new(budget_denials.clone()))?;
+        registry.register(Box::new(budget_events.clone()))?;
+        registry.register(Box::new(state_errors.clone()))?;
         registry.register(Box::new(deployment_up.clone()))?;
         registry.register(Box::new(deployment_attempts.clone()))?;
         registry.register(Box::new(deployment_failures.clone()))?;
@@ -156,6 +183,9 @@ impl Metrics {
             deployment_failures,
             deployment_circuit,
             deployment_latency,
+            budget_denials,
+            budget_events,
+            state_errors,
         })
     }
 

@@ -49,6 +49,17 @@ impl Modify for ApiKeyAuth {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "admin_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The admin key (`admin.key_env`), as `Authorization: Bearer <key>`.",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -72,12 +83,17 @@ impl Modify for ApiKeyAuth {
         routes::ops::ready,
         routes::ops::metrics,
         routes::ops::load,
+        routes::admin::list_sessions,
+        routes::admin::get_budget,
+        routes::admin::set_budget,
+        routes::admin::reset_budget,
     ),
     components(schemas(wire::ChatCompletionChunk, wire::ErrorResponse)),
     modifiers(&ApiKeyAuth),
     tags(
         (name = "OpenAI", description = "The OpenAI-compatible API"),
         (name = "Operations", description = "Health, readiness and metrics"),
+        (name = "Admin", description = "Session budgets (admin key)"),
     )
 )]
 pub struct ApiDoc;

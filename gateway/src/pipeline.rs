@@ -59,9 +59,43 @@ fn invalid(e: InvalidParam) -> GatewayError {
     GatewayError::bad_request(e.message, Some(e.param))
 }
 
+/// What a budget needs to know of a generation request.
+pub trait BudgetHint {
+    /// The `user` field.
+    fn user(&self) -> Option<&str>;
+    /// The requested output limit.
+    fn max_output(&self) -> Option<u32>;
+    /// Choices requested (`n`, times prompts for legacy completions).
+    fn choices(&self) -> u32;
+}
+
+impl BudgetHint for ChatCompletionRequest {
+    fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+    fn max_output(&self) -> Option<u32> {
+        self.max_output_tokens()
+    }
+    fn choices(&self) -> u32 {
+        self.n.unwrap_or(1).max(1)
+    }
+}
+
+impl BudgetHint for CompletionRequest {
+    fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+    fn max_output(&self) -> Option<u32> {
+        self.max_tokens
+    }
+    fn choices(&self) -> u32 {
+        self.n.unwrap_or(1).max(1) * u32::try_from(self.prompt.len().max(1)).unwrap_or(u32::MAX)
+    }
+}
+
 /// A request that generates text (chat or legacy completion): what the pipeline needs to
 /// know to run either through the same steps.
-pub trait Generation: Sized + Clone + Send + Sync + 'static {
+pub trait Generation: BudgetHint + Serialize + Sized + Clone + Send + Sync + 'static {
     /// The whole answer.
     type Full: Serialize + Send;
     /// One stream chunk.

@@ -203,6 +203,8 @@ pub struct Route {
     pub deadline: Duration,
     /// Most deployments tried for one request.
     pub max_attempts: usize,
+    /// Its price, for cost budgets.
+    pub price: aigw_models::catalog::Price,
 }
 
 impl Route {
@@ -329,6 +331,7 @@ impl ModelRoutes {
                     groups,
                     deadline: m.deadline,
                     max_attempts: m.max_attempts,
+                    price: m.price,
                 },
             );
         }
@@ -341,6 +344,11 @@ impl ModelRoutes {
             Some(route) if principal.may_use(alias) => Ok(route),
             _ => Err(GatewayError::ModelNotFound(alias.to_string())),
         }
+    }
+
+    /// The route of `alias`, whoever asks (for downgrades decided by policy).
+    pub fn get(&self, alias: &str) -> Option<&Route> {
+        self.by_alias.get(alias)
     }
 
     /// Every route, in configuration order.
@@ -414,6 +422,7 @@ mod tests {
             groups,
             deadline: Duration::from_secs(1),
             max_attempts: 10,
+            price: aigw_models::catalog::Price::FREE,
         }
     }
 

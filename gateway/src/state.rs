@@ -3,7 +3,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use aigw_state::budget::BudgetLedger;
+use aigw_state::events::EventSink;
+use aigw_state::memory::{BroadcastSink, MemoryLedger};
+
 use crate::auth::KeyStore;
+use crate::budget::Budgets;
 use crate::config::{Config, DeploymentConfig, LOCAL_PROVIDER, ModelConfig, ProviderKind};
 use crate::local::LocalModel;
 use crate::metrics::Metrics;
@@ -29,6 +34,8 @@ struct Inner {
     providers: Vec<Arc<dyn Provider>>,
     metrics: Metrics,
     local: Vec<LocalModel>,
+    budgets: Arc<Budgets>,
+    events: Option<BroadcastSink>,
 }
 
 impl AppState {
@@ -66,6 +73,7 @@ impl AppState {
                 }]],
                 deadline: LOCAL_DEADLINE,
                 max_attempts: 1,
+                price: m.price,
             });
             by_name.insert(name, m.provider.clone());
         }
@@ -80,6 +88,26 @@ impl AppState {
         providers.sort_by(|a, b| a.name().cmp(b.name()));
         let metrics = Metrics::new()?;
         metrics.register_engines(&local)?;
+        let (ledger, sink, events): (Arc<dyn BudgetLedger>, Arc<dyn EventSink>, _) =
+            match &config.state.redis_url {
+                Some(_) => anyhow::bail!(
+                    "state.redis_url_env: the Redis backend is not available in this build yet"
+                ),
+                None => {
+                    let sink = BroadcastSink::new(1024);
+                    (
+                        Arc::new(MemoryLedger::new()),
+                        Arc::new(sink.clone()),
+                        Some(sink),
+                    )
+                }
+            };
+        let budgets = Arc::new(Budgets::new(
+            config.budgets.clone(),
+            ledger,
+            sink,
+            metrics.clone(),
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 keys: KeyStore::new(&config.keys),
@@ -87,6 +115,8 @@ impl AppState {
                 providers,
                 metrics,
                 local,
+                budgets,
+                events,
                 config,
             }),
         })
@@ -115,6 +145,16 @@ impl AppState {
     /// Metrics registry.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Per-session budgets.
+    pub fn budgets(&self) -> &Arc<Budgets> {
+        &self.inner.budgets
+    }
+
+    /// Budget events, when they stay in this process (no Redis).
+    pub fn events(&self) -> Option<&BroadcastSink> {
+        self.inner.events.as_ref()
     }
 
     /// The in-process models.

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::budget::Admission;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::providers::ChunkStream;
@@ -91,6 +92,12 @@ impl<C: ChunkMeta> Committed<C> {
             meter,
             include_usage,
         }
+    }
+
+    /// Settles `admission` when the stream ends: with its usage, or, when it broke or the
+    /// client left first, with the reservation's prompt estimate and the output so far.
+    pub fn settle_with(&mut self, admission: Admission) {
+        self.meter.admission = Some(admission);
     }
 }
 
@@ -179,6 +186,7 @@ pub struct StreamMeter {
     usage: Option<Usage>,
     output_chunks: u64,
     served: Option<Served>,
+    admission: Option<Admission>,
 }
 
 impl StreamMeter {
@@ -193,6 +201,7 @@ impl StreamMeter {
             usage: None,
             output_chunks: 0,
             served: None,
+            admission: None,
         }
     }
 
@@ -248,6 +257,13 @@ impl Drop for StreamMeter {
                     .record_tokens(&self.alias, 0, self.output_chunks);
             }
             None => {}
+        }
+        if let Some(admission) = self.admission.take() {
+            let actual = match &self.usage {
+                Some(u) => admission.amount(u),
+                None => admission.partial(self.output_chunks),
+            };
+            admission.settle_later(actual);
         }
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! Handlers stay short: extract → resolve the model → call the pipeline → JSON or SSE.
 
+pub(crate) mod admin;
 pub(crate) mod audio;
 pub(crate) mod chat;
 pub(crate) mod completions;
@@ -28,6 +29,7 @@ pub use models::{list_models, retrieve_model};
 pub use ops::{health, metrics, ready};
 
 use crate::auth::{self, Principal};
+use crate::budget;
 use crate::error::GatewayError;
 use crate::pipeline::{self, Generation, Reply, RequestCtx, Routed};
 use crate::providers::CallContext;
@@ -53,6 +55,15 @@ pub fn router(state: AppState) -> Router {
             post(create_translation).layer(DefaultBodyLimit::max(server.max_audio_body_bytes)),
         )
         .route_layer(from_fn_with_state(state.clone(), auth::require_key));
+    let admin = Router::new()
+        .route("/admin/budgets/{tenant}", get(admin::list_sessions))
+        .route(
+            "/admin/budgets/{tenant}/{session}",
+            get(admin::get_budget)
+                .put(admin::set_budget)
+                .delete(admin::reset_budget),
+        )
+        .route_layer(from_fn_with_state(state.clone(), admin::require_admin));
     let ops = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -63,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .into();
     Router::new()
         .merge(v1)
+        .merge(admin)
         .merge(ops)
         .merge(docs)
         .fallback(not_found)
@@ -120,7 +132,86 @@ async fn generate<G: Generation>(
         Ok(route) => route,
         Err(e) => return e.into_response(),
     };
-    labelled(&route.alias, pipeline::generate(&ctx, route, req).await)
+    let budgets = state.budgets();
+    let session = budgets.session(principal, headers, req.user());
+    let applied = match budgets.applied(&session).await {
+        Ok(applied) => applied,
+        Err(e) => return labelled(&route.alias, e),
+    };
+    let Some(applied) = applied else {
+        return labelled(&route.alias, pipeline::generate(&ctx, route, req).await);
+    };
+    // Past its downgrade threshold the session is served by the cheaper alias.
+    let (route, downgraded_from) = match budgets.downgrade(&applied, &route.alias).await {
+        Ok(Some(to)) => match state.routes().get(&to) {
+            Some(cheaper) => (cheaper, Some(route.alias.clone())),
+            None => (route, None),
+        },
+        Ok(None) => (route, None),
+        Err(e) => return labelled(&route.alias, e),
+    };
+    let (estimate, prompt_estimate) =
+        estimate(&req, state.config().budgets.default_max_tokens, route.price);
+    let admission = match budgets
+        .admit(applied, estimate, prompt_estimate, route.price)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => return labelled(&route.alias, e),
+    };
+    let routed = pipeline::generate(&ctx, route, req).await;
+    let mut remaining = admission.remaining_header();
+    let routed = match routed.result {
+        Ok(Reply::Full(mut full)) => {
+            let usage = G::relabel(&mut full, &route.alias).cloned();
+            if let Some(u) = usage {
+                let actual = admission.amount(&u);
+                remaining = admission.settle(actual).await.or(remaining);
+            }
+            // Without usage the reservation is released (dropped): nothing is known spent.
+            Routed {
+                result: Ok(Reply::Full(full)),
+                deployment: routed.deployment,
+                attempts: routed.attempts,
+            }
+        }
+        Ok(Reply::Stream(mut stream)) => {
+            stream.settle_with(admission);
+            Routed {
+                result: Ok(Reply::Stream(stream)),
+                deployment: routed.deployment,
+                attempts: routed.attempts,
+            }
+        }
+        Err(e) => Routed {
+            result: Err(e),
+            deployment: routed.deployment,
+            attempts: routed.attempts,
+        },
+    };
+    let mut resp = labelled(&route.alias, routed);
+    if let Some(value) = remaining.and_then(|r| HeaderValue::from_str(&r).ok()) {
+        resp.headers_mut().insert(budget::REMAINING_HEADER, value);
+    }
+    if let Some(from) = downgraded_from.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        resp.headers_mut().insert("x-aigw-downgraded-from", from);
+    }
+    resp
+}
+
+/// A conservative reservation for a generation request: the prompt at one token per three
+/// bytes of its JSON (an over-estimate for text in any script), and every choice's output
+/// limit (or the configured default).
+fn estimate<G: Generation>(
+    req: &G,
+    default_max_tokens: u32,
+    price: aigw_models::catalog::Price,
+) -> (aigw_state::budget::Amount, u64) {
+    let bytes = serde_json::to_vec(req).map_or(0, |b| b.len()) as u64;
+    let prompt = bytes.div_ceil(3) + 16;
+    let output =
+        u64::from(req.max_output().unwrap_or(default_max_tokens)) * u64::from(req.choices());
+    (budget::amount(prompt, output, price), prompt)
 }
 
 /// Renders a pipeline result and labels it with the model alias for metrics.

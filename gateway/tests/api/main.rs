@@ -10,6 +10,7 @@
 
 mod anthropic_e2e;
 mod azure;
+mod budgets;
 mod chat;
 mod errors;
 mod mock;
@@ -97,6 +98,7 @@ fn test_env(name: &str) -> Option<String> {
     match name {
         "TEST_UPSTREAM_KEY" => Some(UPSTREAM_KEY.into()),
         "TEST_CLIENT_KEY" => Some(CLIENT_KEY.into()),
+        "TEST_ADMIN_KEY" => Some("admin-secret".into()),
         _ => None,
     }
 }
