@@ -30,6 +30,10 @@ pub struct Principal {
     pub models: Option<Arc<[String]>>,
     /// The key's budget policy, if it names one.
     pub policy: Option<Arc<str>>,
+    /// Requests per minute allowed to the key.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens per minute allowed to the key.
+    pub tokens_per_minute: Option<u64>,
 }
 
 impl Principal {
@@ -40,6 +44,8 @@ impl Principal {
             tenant: "default".into(),
             models: None,
             policy: None,
+            requests_per_minute: None,
+            tokens_per_minute: None,
         }
     }
 
@@ -70,6 +76,8 @@ impl KeyStore {
                     tenant: k.tenant.as_str().into(),
                     models: k.models.as_ref().map(|m| m.clone().into()),
                     policy: k.policy.as_deref().map(Into::into),
+                    requests_per_minute: k.requests_per_minute,
+                    tokens_per_minute: k.tokens_per_minute,
                 };
                 Some((digest, principal))
             })
@@ -140,6 +148,8 @@ mod tests {
             tenant: "t1".into(),
             models: Some(vec!["chat".into()]),
             policy: None,
+            requests_per_minute: None,
+            tokens_per_minute: None,
         }])
     }
 

@@ -124,6 +124,8 @@ struct RawKey {
     tenant: Option<String>,
     models: Option<Vec<String>>,
     policy: Option<String>,
+    requests_per_minute: Option<u64>,
+    tokens_per_minute: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -454,6 +456,10 @@ pub struct ApiKeyConfig {
     pub models: Option<Vec<String>>,
     /// The budget policy of the key's sessions; `None`: `budgets.default_policy`.
     pub policy: Option<String>,
+    /// Requests per minute allowed to the key.
+    pub requests_per_minute: Option<u64>,
+    /// Tokens per minute allowed to the key.
+    pub tokens_per_minute: Option<u64>,
 }
 
 /// Where shared state (budgets, rate limits, cache, events) lives.
@@ -745,6 +751,8 @@ impl Config {
                 tenant: k.tenant.unwrap_or_else(|| "default".into()),
                 models: k.models.filter(|m| !m.iter().any(|x| x == "*")),
                 policy: k.policy,
+                requests_per_minute: k.requests_per_minute.filter(|n| *n > 0),
+                tokens_per_minute: k.tokens_per_minute.filter(|n| *n > 0),
             });
         }
 

@@ -63,6 +63,18 @@ pub enum GatewayError {
         /// What is left, per limited dimension.
         remaining: String,
     },
+    /// The key is over its requests or tokens per minute.
+    #[error("Rate limit reached for {what} per minute (limit {limit}). Retry after {}s.", ceil_secs(*.retry_after))]
+    RateLimited {
+        /// `requests` or `tokens`.
+        what: &'static str,
+        /// The limit per minute.
+        limit: u64,
+        /// When to retry.
+        retry_after: Duration,
+        /// The `x-ratelimit-*` headers.
+        headers: Box<http::HeaderMap>,
+    },
     /// Shared state (Redis) is unreachable and this check fails closed.
     #[error("The {0} service is unavailable; the request was not attempted. Retry shortly.")]
     StateUnavailable(String),
@@ -234,7 +246,7 @@ impl GatewayError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::QuotaExceeded { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::StateUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::AllAttemptsFailed { failures, .. } => all_failed_status(failures),
             Self::Provider(e) => match e {
@@ -264,6 +276,7 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Internal(_) => "internal",
             Self::QuotaExceeded { .. } => "insufficient_quota",
+            Self::RateLimited { .. } => "rate_limited",
             Self::StateUnavailable(_) => "state_unavailable",
             Self::AllAttemptsFailed { .. } => "all_attempts_failed",
             Self::Provider(e) => match e {
@@ -301,6 +314,7 @@ impl GatewayError {
             }
             Self::Internal(_) => ("api_error", None, None),
             Self::QuotaExceeded { .. } => ("insufficient_quota", None, Some("insufficient_quota")),
+            Self::RateLimited { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
             Self::StateUnavailable(_) => ("api_error", None, Some("budget_unavailable")),
             Self::AllAttemptsFailed { .. } if status == StatusCode::TOO_MANY_REQUESTS => {
                 ("rate_limit_error", None, Some("all_attempts_failed"))
@@ -394,6 +408,18 @@ impl IntoResponse for GatewayError {
         if matches!(self, Self::QuotaExceeded { .. }) {
             resp.headers_mut()
                 .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        if let Self::RateLimited {
+            retry_after,
+            headers,
+            ..
+        } = &self
+        {
+            resp.headers_mut().extend((**headers).clone());
+            resp.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(ceil_secs(*retry_after)),
+            );
         }
         if matches!(self, Self::StateUnavailable(_)) {
             resp.headers_mut()

@@ -30,6 +30,7 @@ pub mod models_cli;
 pub mod openapi;
 pub mod pipeline;
 pub mod providers;
+pub mod ratelimit;
 pub mod routes;
 pub mod routing;
 pub mod server;

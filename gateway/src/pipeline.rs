@@ -45,6 +45,8 @@ pub struct RequestCtx<'a> {
     pub start: Instant,
     /// The route template, as metrics label it.
     pub route: &'static str,
+    /// Where the request's tokens are debited (its key's tokens per minute).
+    pub tokens: Option<crate::ratelimit::TokenDebit>,
 }
 
 /// A finished answer or a committed stream.
@@ -489,7 +491,8 @@ pub async fn generate<G: Generation>(
                 ctx.state.metrics().clone(),
                 ctx.start,
             )
-            .served_by(served);
+            .served_by(served)
+            .debit_tokens(ctx.tokens.clone());
             let committed = Committed::new(first, rest, include_usage, meter);
             (Reply::Stream(Box::new(committed)), attempts, name)
         });
@@ -506,6 +509,9 @@ pub async fn generate<G: Generation>(
             ctx.state
                 .metrics()
                 .record_tokens(&route.alias, u.prompt_tokens, u.completion_tokens);
+            if let Some(debit) = &ctx.tokens {
+                debit.debit(u.prompt_tokens + u.completion_tokens);
+            }
         }
         (
             Reply::Full(resp),
@@ -557,6 +563,9 @@ pub async fn embeddings(
     ctx.state
         .metrics()
         .record_tokens(&route.alias, resp.usage.prompt_tokens, 0);
+    if let Some(debit) = &ctx.tokens {
+        debit.debit(resp.usage.prompt_tokens);
+    }
     Routed::from_parts(Ok((resp, served_by.0, served_by.1)))
 }
 

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use aigw_state::budget::BudgetLedger;
 use aigw_state::events::EventSink;
-use aigw_state::memory::{BroadcastSink, MemoryLedger};
+use aigw_state::memory::{BroadcastSink, MemoryLedger, MemoryRateLimiter};
+use aigw_state::ratelimit::RateLimiter;
 
 use crate::auth::KeyStore;
 use crate::budget::Budgets;
@@ -15,7 +16,30 @@ use crate::metrics::Metrics;
 use crate::providers::Provider;
 use crate::providers::anthropic::AnthropicProvider;
 use crate::providers::openai::OpenAiProvider;
+use crate::ratelimit::RateLimits;
 use crate::routing::ModelRoutes;
+
+/// The shared-state backends of a server.
+struct Backends {
+    ledger: Arc<dyn BudgetLedger>,
+    sink: Arc<dyn EventSink>,
+    limiter: Arc<dyn RateLimiter>,
+    /// Budget events, when they stay in this process.
+    events: Option<BroadcastSink>,
+}
+
+impl Backends {
+    /// In-process state: one replica.
+    fn memory() -> Self {
+        let sink = BroadcastSink::new(1024);
+        Self {
+            ledger: Arc::new(MemoryLedger::new()),
+            sink: Arc::new(sink.clone()),
+            limiter: Arc::new(MemoryRateLimiter::new()),
+            events: Some(sink),
+        }
+    }
+}
 
 /// Deadline of a directly served in-process model: its own queue and `max_tokens` bound it.
 const LOCAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -35,6 +59,7 @@ struct Inner {
     metrics: Metrics,
     local: Vec<LocalModel>,
     budgets: Arc<Budgets>,
+    rate_limits: Arc<RateLimits>,
     events: Option<BroadcastSink>,
 }
 
@@ -88,20 +113,19 @@ impl AppState {
         providers.sort_by(|a, b| a.name().cmp(b.name()));
         let metrics = Metrics::new()?;
         metrics.register_engines(&local)?;
-        let (ledger, sink, events): (Arc<dyn BudgetLedger>, Arc<dyn EventSink>, _) =
-            match &config.state.redis_url {
-                Some(_) => anyhow::bail!(
-                    "state.redis_url_env: the Redis backend is not available in this build yet"
-                ),
-                None => {
-                    let sink = BroadcastSink::new(1024);
-                    (
-                        Arc::new(MemoryLedger::new()),
-                        Arc::new(sink.clone()),
-                        Some(sink),
-                    )
-                }
-            };
+        let backends = match &config.state.redis_url {
+            Some(_) => anyhow::bail!(
+                "state.redis_url_env: the Redis backend is not available in this build yet"
+            ),
+            None => Backends::memory(),
+        };
+        let Backends {
+            ledger,
+            sink,
+            limiter,
+            events,
+        } = backends;
+        let rate_limits = Arc::new(RateLimits::new(limiter, metrics.clone()));
         let budgets = Arc::new(Budgets::new(
             config.budgets.clone(),
             ledger,
@@ -116,6 +140,7 @@ impl AppState {
                 metrics,
                 local,
                 budgets,
+                rate_limits,
                 events,
                 config,
             }),
@@ -150,6 +175,11 @@ impl AppState {
     /// Per-session budgets.
     pub fn budgets(&self) -> &Arc<Budgets> {
         &self.inner.budgets
+    }
+
+    /// Rate limits.
+    pub fn rate_limits(&self) -> &Arc<RateLimits> {
+        &self.inner.rate_limits
     }
 
     /// Budget events, when they stay in this process (no Redis).

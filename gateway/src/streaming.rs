@@ -24,6 +24,7 @@ use crate::budget::Admission;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::providers::ChunkStream;
+use crate::ratelimit::TokenDebit;
 use crate::routing::Served;
 use crate::telemetry::{ModelLabel, Streaming};
 
@@ -187,6 +188,7 @@ pub struct StreamMeter {
     output_chunks: u64,
     served: Option<Served>,
     admission: Option<Admission>,
+    tokens: Option<TokenDebit>,
 }
 
 impl StreamMeter {
@@ -202,12 +204,19 @@ impl StreamMeter {
             output_chunks: 0,
             served: None,
             admission: None,
+            tokens: None,
         }
     }
 
     /// Holds the serving deployment (its load count) for the stream's life.
     pub fn served_by(mut self, served: Served) -> Self {
         self.served = Some(served);
+        self
+    }
+
+    /// Debits the stream's tokens from its key's rate limit when it ends.
+    pub fn debit_tokens(mut self, debit: Option<TokenDebit>) -> Self {
+        self.tokens = debit;
         self
     }
 
@@ -247,16 +256,15 @@ impl Drop for StreamMeter {
             .with_label_values(&[self.route, &*self.alias])
             .observe(self.start.elapsed().as_secs_f64());
         self.metrics.in_flight.dec();
-        match &self.usage {
-            Some(u) => {
-                self.metrics
-                    .record_tokens(&self.alias, u.prompt_tokens, u.completion_tokens)
-            }
-            None if self.output_chunks > 0 => {
-                self.metrics
-                    .record_tokens(&self.alias, 0, self.output_chunks);
-            }
-            None => {}
+        let (prompt, completion) = match &self.usage {
+            Some(u) => (u.prompt_tokens, u.completion_tokens),
+            None => (0, self.output_chunks),
+        };
+        if prompt + completion > 0 {
+            self.metrics.record_tokens(&self.alias, prompt, completion);
+        }
+        if let Some(debit) = &self.tokens {
+            debit.debit(prompt + completion);
         }
         if let Some(admission) = self.admission.take() {
             let actual = match &self.usage {

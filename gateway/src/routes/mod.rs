@@ -33,6 +33,7 @@ use crate::budget;
 use crate::error::GatewayError;
 use crate::pipeline::{self, Generation, Reply, RequestCtx, Routed};
 use crate::providers::CallContext;
+use crate::ratelimit;
 use crate::state::AppState;
 use crate::streaming::ChunkMeta;
 use crate::telemetry::{self, ModelLabel, RequestTiming};
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/audio/translations",
             post(create_translation).layer(DefaultBodyLimit::max(server.max_audio_body_bytes)),
         )
+        .route_layer(from_fn_with_state(state.clone(), ratelimit::enforce))
         .route_layer(from_fn_with_state(state.clone(), auth::require_key));
     let admin = Router::new()
         .route("/admin/budgets/{tenant}", get(admin::list_sessions))
@@ -112,7 +114,7 @@ fn request_ctx<'a>(
         principal,
         timing,
         call: CallContext::new(request_id),
-
+        tokens: state.rate_limits().token_debit(principal),
         start: Instant::now(),
         route,
     }

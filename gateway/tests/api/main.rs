@@ -13,6 +13,7 @@ mod azure;
 mod budgets;
 mod chat;
 mod errors;
+mod limits;
 mod mock;
 mod openai_fixtures;
 mod other;
