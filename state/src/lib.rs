@@ -9,8 +9,9 @@
 //! - [`events::EventSink`]: where threshold events go (a broadcast channel, a Redis stream).
 //!
 //! Layout: the traits and their value types in [`budget`], [`ratelimit`], [`cache`],
-//! [`events`]; the in-process backends in [`memory`]; the behaviour every backend must show
-//! in [`conformance`]. Every multi-step update is atomic: a mutex here, one Lua script on
+//! [`events`]; the in-process backends in [`memory`], the Redis ones in [`redis`] (one file
+//! per concern, the Lua scripts in `redis/lua/`); the behaviour every backend must show in
+//! [`conformance`]. Every multi-step update is atomic: a mutex here, one Lua script on
 //! Redis.
 
 pub mod budget;
@@ -19,6 +20,7 @@ pub mod conformance;
 pub mod events;
 pub mod memory;
 pub mod ratelimit;
+pub mod redis;
 
 /// Why shared state could not be read or written.
 #[derive(Debug, Clone, thiserror::Error)]
