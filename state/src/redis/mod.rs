@@ -5,6 +5,7 @@
 //! four backends, which share it. Every multi-step update is one Lua script (`lua/*.lua`,
 //! sent by EVALSHA, loaded again after a NOSCRIPT), and every script reads the clock with
 //! Redis `TIME`, so replicas whose clocks disagree still agree on expiry and rates.
+//! [`RedisState::ping`] is the readiness check.
 //!
 //! # Keys
 //!
@@ -268,7 +269,8 @@ fn pool_error(e: PoolError) -> StateError {
     }
 }
 
-/// A value that must fit what the scripts compute with (see the module docs).
+/// A reply that is not what the scripts return: the data under the keys is not this
+/// version's.
 fn corrupt(what: &str) -> StateError {
     StateError::Corrupt(format!("redis: unexpected {what}"))
 }
