@@ -180,6 +180,19 @@ impl Budgets {
         Ok((pct >= u64::from(*at)).then(|| to.clone()))
     }
 
+    /// What is left of `applied`'s budget now (for answers that spend nothing, such as
+    /// cache hits); `None` when the ledger cannot say.
+    pub async fn remaining(&self, applied: &Applied) -> Option<String> {
+        let snap = self.ledger.snapshot(&applied.key).await.ok()?;
+        let committed = Amount {
+            tokens: snap.usage.tokens + snap.reserved.tokens,
+            cost_micros: snap.usage.cost_micros + snap.reserved.cost_micros,
+            audio_ms: snap.usage.audio_ms + snap.reserved.audio_ms,
+        };
+        let remaining = applied.policy.limits.remaining(&committed);
+        Some(describe(&applied.policy.limits, &remaining))
+    }
+
     /// Reserves `estimate` for one request; 429 `insufficient_quota` when it does not fit.
     pub async fn admit(
         self: &Arc<Self>,

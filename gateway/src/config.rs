@@ -71,6 +71,18 @@ pub struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     budgets: RawBudgets,
+    #[serde(default)]
+    cache: RawCache,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    enabled: Option<bool>,
+    ttl_secs: Option<u64>,
+    max_entries: Option<usize>,
+    max_entry_bytes: Option<usize>,
+    coalesce_wait_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -332,6 +344,8 @@ pub struct Config {
     pub admin_key: Option<[u8; 32]>,
     /// Per-session budgets.
     pub budgets: BudgetsConfig,
+    /// The response cache.
+    pub cache: CacheConfig,
 
     /// Models served in-process.
     pub local: LocalConfig,
@@ -462,12 +476,39 @@ pub struct ApiKeyConfig {
     pub tokens_per_minute: Option<u64>,
 }
 
+/// The exact-match response cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Whether responses are cached at all.
+    pub enabled: bool,
+    /// How long an entry lives.
+    pub ttl: Duration,
+    /// Most entries of the in-memory cache.
+    pub max_entries: usize,
+    /// Larger responses are not stored.
+    pub max_entry_bytes: usize,
+    /// How long identical requests wait for the one in flight before calling themselves.
+    pub coalesce_wait: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl: Duration::from_secs(600),
+            max_entries: 10_000,
+            max_entry_bytes: 1 << 20,
+            coalesce_wait: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Where shared state (budgets, rate limits, cache, events) lives.
 #[derive(Debug, Clone, Default)]
 pub struct StateConfig {
     /// Redis URL (from the env var named in the file); `None`: in memory.
     pub redis_url: Option<String>,
-    /// Prefix of every Redis key but the response cache's.
+    /// Prefix of every Redis key (`{prefix}:...`).
     pub key_prefix: String,
 }
 
@@ -668,6 +709,7 @@ impl Config {
                 key_prefix: "ai".into(),
             },
             admin_key: None,
+            cache: CacheConfig::default(),
             budgets: BudgetsConfig {
                 reservation_ttl: Duration::from_secs(600),
                 default_max_tokens: 1024,
@@ -971,6 +1013,29 @@ impl Config {
         }
 
         let budgets = budgets_config(raw.budgets, &aliases)?;
+        let defaults = CacheConfig::default();
+        let cache = CacheConfig {
+            enabled: raw.cache.enabled.unwrap_or(defaults.enabled),
+            ttl: raw
+                .cache
+                .ttl_secs
+                .filter(|s| *s > 0)
+                .map_or(defaults.ttl, Duration::from_secs),
+            max_entries: raw
+                .cache
+                .max_entries
+                .filter(|n| *n > 0)
+                .unwrap_or(defaults.max_entries),
+            max_entry_bytes: raw
+                .cache
+                .max_entry_bytes
+                .filter(|n| *n > 0)
+                .unwrap_or(defaults.max_entry_bytes),
+            coalesce_wait: raw
+                .cache
+                .coalesce_wait_secs
+                .map_or(defaults.coalesce_wait, Duration::from_secs),
+        };
         Ok(Self {
             server,
             keys,
@@ -978,6 +1043,7 @@ impl Config {
             state,
             admin_key,
             budgets,
+            cache,
             models,
             routing: RoutingConfig {
                 breaker: routing.breaker,

@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod breaker;
 pub mod budget;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod extract;

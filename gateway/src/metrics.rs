@@ -50,6 +50,8 @@ pub struct Metrics {
     pub budget_events: IntCounterVec,
     /// Shared-state failures by operation (`budget` fails closed, `cache` open).
     pub state_errors: IntCounterVec,
+    /// Response-cache outcomes (`hit`, `miss`, `bypass`, `stored`, `coalesced`).
+    pub cache: IntCounterVec,
 }
 
 impl Metrics {
@@ -163,6 +165,11 @@ impl Metrics {
         registry.register(Box::new(budget_denials.clone()))?;
         registry.register(Box::new(budget_events.clone()))?;
         registry.register(Box::new(state_errors.clone()))?;
+        let cache = IntCounterVec::new(
+            Opts::new("cache_total", "Response-cache outcomes"),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(cache.clone()))?;
         registry.register(Box::new(deployment_up.clone()))?;
         registry.register(Box::new(deployment_attempts.clone()))?;
         registry.register(Box::new(deployment_failures.clone()))?;
@@ -186,6 +193,7 @@ impl Metrics {
             budget_denials,
             budget_events,
             state_errors,
+            cache,
         })
     }
 

@@ -8,7 +8,8 @@
 //! would refuse it too. The route's deadline bounds the whole walk. Streams are committed
 //! only once their first chunk has arrived (within the deployment's first-token timeout):
 //! everything before that can still fall back; nothing after it does.
-//! Later issues insert session, rate limit, budget and cache steps here, in that order.
+//! Around it (see `routes::generate`): the rate limits (middleware), the session's budget
+//! and downgrade, the response cache, then the reservation this pipeline's answer settles.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -4,12 +4,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use aigw_state::budget::BudgetLedger;
+use aigw_state::cache::ResponseCache;
 use aigw_state::events::EventSink;
-use aigw_state::memory::{BroadcastSink, MemoryLedger, MemoryRateLimiter};
+use aigw_state::memory::{BroadcastSink, MemoryCache, MemoryLedger, MemoryRateLimiter};
 use aigw_state::ratelimit::RateLimiter;
 
 use crate::auth::KeyStore;
 use crate::budget::Budgets;
+use crate::cache::Cache;
 use crate::config::{Config, DeploymentConfig, LOCAL_PROVIDER, ModelConfig, ProviderKind};
 use crate::local::LocalModel;
 use crate::metrics::Metrics;
@@ -24,18 +26,20 @@ struct Backends {
     ledger: Arc<dyn BudgetLedger>,
     sink: Arc<dyn EventSink>,
     limiter: Arc<dyn RateLimiter>,
+    cache: Arc<dyn ResponseCache>,
     /// Budget events, when they stay in this process.
     events: Option<BroadcastSink>,
 }
 
 impl Backends {
     /// In-process state: one replica.
-    fn memory() -> Self {
+    fn memory(cache_entries: usize) -> Self {
         let sink = BroadcastSink::new(1024);
         Self {
             ledger: Arc::new(MemoryLedger::new()),
             sink: Arc::new(sink.clone()),
             limiter: Arc::new(MemoryRateLimiter::new()),
+            cache: Arc::new(MemoryCache::new(cache_entries)),
             events: Some(sink),
         }
     }
@@ -60,6 +64,7 @@ struct Inner {
     local: Vec<LocalModel>,
     budgets: Arc<Budgets>,
     rate_limits: Arc<RateLimits>,
+    cache: Arc<Cache>,
     events: Option<BroadcastSink>,
 }
 
@@ -117,14 +122,16 @@ impl AppState {
             Some(_) => anyhow::bail!(
                 "state.redis_url_env: the Redis backend is not available in this build yet"
             ),
-            None => Backends::memory(),
+            None => Backends::memory(config.cache.max_entries),
         };
         let Backends {
             ledger,
             sink,
             limiter,
+            cache,
             events,
         } = backends;
+        let cache = Arc::new(Cache::new(cache, config.cache.clone(), metrics.clone()));
         let rate_limits = Arc::new(RateLimits::new(limiter, metrics.clone()));
         let budgets = Arc::new(Budgets::new(
             config.budgets.clone(),
@@ -141,6 +148,7 @@ impl AppState {
                 local,
                 budgets,
                 rate_limits,
+                cache,
                 events,
                 config,
             }),
@@ -175,6 +183,11 @@ impl AppState {
     /// Per-session budgets.
     pub fn budgets(&self) -> &Arc<Budgets> {
         &self.inner.budgets
+    }
+
+    /// The response cache.
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.inner.cache
     }
 
     /// Rate limits.

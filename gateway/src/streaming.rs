@@ -21,6 +21,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::budget::Admission;
+use crate::cache::Capture;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::providers::ChunkStream;
@@ -29,7 +30,7 @@ use crate::routing::Served;
 use crate::telemetry::{ModelLabel, Streaming};
 
 /// What the streaming layer needs to know about a chunk type.
-pub trait ChunkMeta: Serialize + Send + 'static {
+pub trait ChunkMeta: Serialize + Clone + Send + 'static {
     /// Replaces the upstream model name with the alias.
     fn set_model(&mut self, alias: &str);
     /// The usage carried by this chunk, if any.
@@ -82,6 +83,7 @@ pub struct Committed<C> {
     rest: ChunkStream<C>,
     meter: StreamMeter,
     include_usage: bool,
+    capture: Option<Capture<C>>,
 }
 
 impl<C: ChunkMeta> Committed<C> {
@@ -92,7 +94,13 @@ impl<C: ChunkMeta> Committed<C> {
             rest,
             meter,
             include_usage,
+            capture: None,
         }
+    }
+
+    /// Hands the stream's chunks to `capture` when it ends cleanly (for the cache).
+    pub fn capture_with(&mut self, capture: Capture<C>) {
+        self.capture = Some(capture);
     }
 
     /// Settles `admission` when the stream ends: with its usage, or, when it broke or the
@@ -106,6 +114,7 @@ struct EventLoop<C> {
     chunks: ChunkStream<C>,
     meter: StreamMeter,
     include_usage: bool,
+    capture: Option<Capture<C>>,
     done: bool,
 }
 
@@ -116,6 +125,13 @@ impl<C: ChunkMeta> EventLoop<C> {
                 Some(Ok(mut chunk)) => {
                     self.meter.observe(&chunk);
                     chunk.set_model(&self.meter.alias);
+                    if let Some(capture) = &mut self.capture {
+                        // Usage chunks are kept whole: the cache replays them on request.
+                        let size = serde_json::to_vec(&chunk).map_or(usize::MAX, |b| b.len());
+                        if !capture.push(chunk.clone(), size) {
+                            self.capture = None;
+                        }
+                    }
                     if !self.include_usage && chunk.usage().is_some() && !chunk.strip_usage() {
                         continue;
                     }
@@ -123,6 +139,7 @@ impl<C: ChunkMeta> EventLoop<C> {
                 }
                 Some(Err(e)) => {
                     self.done = true;
+                    self.capture = None;
                     self.meter.broke();
                     let err = GatewayError::from(e);
                     tracing::warn!(error = %err, model = %self.meter.alias, "stream failed after it started");
@@ -135,6 +152,9 @@ impl<C: ChunkMeta> EventLoop<C> {
                 }
                 None => {
                     self.done = true;
+                    if let Some(capture) = self.capture.take() {
+                        capture.finish();
+                    }
                     return Some(Event::default().data("[DONE]"));
                 }
             }
@@ -160,21 +180,45 @@ impl<C: ChunkMeta> IntoResponse for Committed<C> {
             chunks,
             meter: self.meter,
             include_usage: self.include_usage,
+            capture: self.capture,
             done: false,
         };
         let events = futures::stream::unfold(state, |mut st| async move {
             let event = st.next_event().await?;
             Some((Ok::<_, Infallible>(event), st))
         });
-        let mut resp = Sse::new(events)
-            .keep_alive(KeepAlive::default())
-            .into_response();
-        resp.headers_mut()
-            .insert("x-accel-buffering", http::HeaderValue::from_static("no"));
-        resp.extensions_mut().insert(ModelLabel(alias));
-        resp.extensions_mut().insert(Streaming);
-        resp
+        sse_response(events, alias)
     }
+}
+
+fn sse_response(
+    events: impl futures::Stream<Item = Result<Event, Infallible>> + Send + 'static,
+    alias: Arc<str>,
+) -> Response {
+    let mut resp = Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    resp.headers_mut()
+        .insert("x-accel-buffering", http::HeaderValue::from_static("no"));
+    resp.extensions_mut().insert(ModelLabel(alias));
+    resp.extensions_mut().insert(Streaming);
+    resp
+}
+
+/// A stored answer sent as a stream: its chunks (the usage chunk only when the client asked
+/// for it), then `[DONE]`.
+pub fn replay<C: ChunkMeta>(chunks: Vec<C>, include_usage: bool, alias: Arc<str>) -> Response {
+    let events: Vec<Event> = chunks
+        .into_iter()
+        .filter_map(|mut chunk| {
+            if !include_usage && chunk.usage().is_some() && !chunk.strip_usage() {
+                return None;
+            }
+            Some(json_event(&chunk))
+        })
+        .chain(std::iter::once(Event::default().data("[DONE]")))
+        .collect();
+    sse_response(futures::stream::iter(events.into_iter().map(Ok)), alias)
 }
 
 /// Records a stream's duration, time to first token and tokens once it ends or is dropped.

@@ -30,6 +30,7 @@ pub use ops::{health, metrics, ready};
 
 use crate::auth::{self, Principal};
 use crate::budget;
+use crate::cache::{Cacheable, Capture, Lookup, Status};
 use crate::error::GatewayError;
 use crate::pipeline::{self, Generation, Reply, RequestCtx, Routed};
 use crate::providers::CallContext;
@@ -120,8 +121,9 @@ fn request_ctx<'a>(
     }
 }
 
-/// The body of the chat and completion handlers: resolve the alias, run the pipeline.
-async fn generate<G: Generation>(
+/// The body of the chat and completion handlers: resolve the alias, apply the session's
+/// budget, answer from the cache or run the pipeline.
+async fn generate<G: Cacheable>(
     state: &AppState,
     principal: &Principal,
     timing: &RequestTiming,
@@ -140,37 +142,82 @@ async fn generate<G: Generation>(
         Ok(applied) => applied,
         Err(e) => return labelled(&route.alias, e),
     };
-    let Some(applied) = applied else {
-        return labelled(&route.alias, pipeline::generate(&ctx, route, req).await);
-    };
     // Past its downgrade threshold the session is served by the cheaper alias.
-    let (route, downgraded_from) = match budgets.downgrade(&applied, &route.alias).await {
-        Ok(Some(to)) => match state.routes().get(&to) {
-            Some(cheaper) => (cheaper, Some(route.alias.clone())),
-            None => (route, None),
+    let (route, downgraded_from) = match &applied {
+        Some(applied) => match budgets.downgrade(applied, &route.alias).await {
+            Ok(Some(to)) => match state.routes().get(&to) {
+                Some(cheaper) => (cheaper, Some(route.alias.clone())),
+                None => (route, None),
+            },
+            Ok(None) => (route, None),
+            Err(e) => return labelled(&route.alias, e),
         },
-        Ok(None) => (route, None),
-        Err(e) => return labelled(&route.alias, e),
+        None => (route, None),
     };
-    let (estimate, prompt_estimate) =
-        estimate(&req, state.config().budgets.default_max_tokens, route.price);
-    let admission = match budgets
-        .admit(applied, estimate, prompt_estimate, route.price)
-        .await
-    {
-        Ok(a) => a,
-        Err(e) => return labelled(&route.alias, e),
+
+    let cache = state.cache();
+    let plan = cache.plan(
+        headers,
+        &principal.tenant,
+        G::KIND,
+        &route.alias,
+        &req,
+        req.deterministic(),
+    );
+    let mut flight = None;
+    let status = match &plan {
+        Some(plan) if plan.read => match cache.lookup(plan).await {
+            Lookup::Hit(bytes) => {
+                cache.count(Status::Hit);
+                let remaining = match &applied {
+                    Some(applied) => budgets.remaining(applied).await,
+                    None => None,
+                };
+                let resp = cached_answer::<G>(bytes, req.stream_usage(), &route.alias);
+                return finish(resp, Status::Hit, remaining, downgraded_from);
+            }
+            Lookup::Miss(guard) => {
+                flight = guard;
+                Status::Miss
+            }
+        },
+        _ => Status::Bypass,
     };
+    cache.count(status);
+    let store = plan.filter(|p| p.write).map(|p| p.key);
+
+    let admission = match applied {
+        Some(applied) => {
+            let (estimate, prompt_estimate) =
+                estimate(&req, state.config().budgets.default_max_tokens, route.price);
+            match budgets
+                .admit(applied, estimate, prompt_estimate, route.price)
+                .await
+            {
+                Ok(a) => Some(a),
+                Err(e) => return finish(labelled(&route.alias, e), status, None, None),
+            }
+        }
+        None => None,
+    };
+    let mut remaining = admission.as_ref().and_then(|a| a.remaining_header());
     let routed = pipeline::generate(&ctx, route, req).await;
-    let mut remaining = admission.remaining_header();
     let routed = match routed.result {
         Ok(Reply::Full(mut full)) => {
             let usage = G::relabel(&mut full, &route.alias).cloned();
-            if let Some(u) = usage {
-                let actual = admission.amount(&u);
-                remaining = admission.settle(actual).await.or(remaining);
+            if let Some(admission) = admission {
+                // Without usage the reservation is released (dropped): nothing is known spent.
+                if let Some(u) = usage {
+                    let actual = admission.amount(&u);
+                    remaining = admission.settle(actual).await.or(remaining);
+                }
             }
-            // Without usage the reservation is released (dropped): nothing is known spent.
+            if let Some(key) = store
+                && G::storable(&full)
+                && let Some(bytes) = crate::cache::encode(&full)
+            {
+                cache.put(key, bytes, flight.take());
+            }
             Routed {
                 result: Ok(Reply::Full(full)),
                 deployment: routed.deployment,
@@ -178,7 +225,22 @@ async fn generate<G: Generation>(
             }
         }
         Ok(Reply::Stream(mut stream)) => {
-            stream.settle_with(admission);
+            if let Some(admission) = admission {
+                stream.settle_with(admission);
+            }
+            if let Some(key) = store {
+                let cache = std::sync::Arc::clone(cache);
+                let guard = flight.take();
+                let limit = cache.config().max_entry_bytes;
+                stream.capture_with(Capture::new(limit, move |chunks| {
+                    if let Some(full) = G::assemble(chunks)
+                        && G::storable(&full)
+                        && let Some(bytes) = crate::cache::encode(&full)
+                    {
+                        cache.put(key, bytes, guard);
+                    }
+                }));
+            }
             Routed {
                 result: Ok(Reply::Stream(stream)),
                 deployment: routed.deployment,
@@ -191,12 +253,58 @@ async fn generate<G: Generation>(
             attempts: routed.attempts,
         },
     };
-    let mut resp = labelled(&route.alias, routed);
+    finish(
+        labelled(&route.alias, routed),
+        status,
+        remaining,
+        downgraded_from,
+    )
+}
+
+/// A stored answer, as JSON or (`stream_usage` is `Some`) replayed as a stream.
+fn cached_answer<G: Cacheable>(
+    bytes: bytes::Bytes,
+    stream_usage: Option<bool>,
+    alias: &std::sync::Arc<str>,
+) -> Response {
+    let Some(include_usage) = stream_usage else {
+        let mut resp = (
+            [(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response();
+        resp.extensions_mut().insert(ModelLabel(alias.clone()));
+        return resp;
+    };
+    match serde_json::from_slice::<G::Full>(&bytes) {
+        Ok(full) => crate::streaming::replay(G::replay(full), include_usage, alias.clone()),
+        Err(e) => labelled(
+            alias,
+            GatewayError::Internal(format!("a cached answer could not be read: {e}")),
+        ),
+    }
+}
+
+/// Adds the cache, budget and downgrade headers.
+fn finish(
+    mut resp: Response,
+    status: Status,
+    remaining: Option<String>,
+    downgraded_from: Option<std::sync::Arc<str>>,
+) -> Response {
+    let headers = resp.headers_mut();
+    headers.insert(
+        crate::cache::STATUS_HEADER,
+        HeaderValue::from_static(status.as_str()),
+    );
     if let Some(value) = remaining.and_then(|r| HeaderValue::from_str(&r).ok()) {
-        resp.headers_mut().insert(budget::REMAINING_HEADER, value);
+        headers.insert(budget::REMAINING_HEADER, value);
     }
     if let Some(from) = downgraded_from.and_then(|a| HeaderValue::from_str(&a).ok()) {
-        resp.headers_mut().insert("x-aigw-downgraded-from", from);
+        headers.insert("x-aigw-downgraded-from", from);
     }
     resp
 }

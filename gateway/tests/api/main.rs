@@ -11,6 +11,7 @@
 mod anthropic_e2e;
 mod azure;
 mod budgets;
+mod cache;
 mod chat;
 mod errors;
 mod limits;
