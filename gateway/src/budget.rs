@@ -115,14 +115,24 @@ impl Budgets {
         }
     }
 
-    /// The configured policy of a session known only by name (admin API): the default
-    /// policy, since the paying key is not known there.
-    pub fn policy_for_tenant_session(&self, _tenant: &str, _session: &str) -> Option<PolicyConfig> {
-        self.config
-            .default_policy
-            .as_ref()
-            .and_then(|n| self.config.policies.get(n))
-            .cloned()
+    /// The policy named `name`, else the default policy (admin API: the paying key is not
+    /// known there); `Err(name)` when no policy has that name.
+    pub fn policy_named(&self, name: Option<&str>) -> Result<Option<PolicyConfig>, String> {
+        match name {
+            Some(n) => self
+                .config
+                .policies
+                .get(n)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| n.to_string()),
+            None => Ok(self
+                .config
+                .default_policy
+                .as_ref()
+                .and_then(|n| self.config.policies.get(n))
+                .cloned()),
+        }
     }
 
     /// The policy and ledger entry of `session` now, if it is under a budget.
@@ -131,11 +141,24 @@ impl Budgets {
             .policy_name
             .as_ref()
             .and_then(|n| self.config.policies.get(n));
-        let over = self
+        let over = match self
             .ledger
             .limits_override(&session.tenant, &session.id)
             .await
-            .map_err(|e| self.unavailable(e))?;
+        {
+            Ok(over) => over,
+            // A session without a policy is under no budget unless an admin override says
+            // otherwise; when the override cannot be read, it is served (and counted).
+            Err(e) if base.is_none() => {
+                self.metrics
+                    .state_errors
+                    .with_label_values(&["budget"])
+                    .inc();
+                tracing::warn!(error = %e, "could not read a budget override: serving a session without a policy");
+                None
+            }
+            Err(e) => return Err(self.unavailable(e)),
+        };
         let mut policy = match (base, over) {
             (Some(p), _) => p.clone(),
             (None, Some(_)) => PolicyConfig {

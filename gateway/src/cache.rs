@@ -30,6 +30,7 @@ use aigw_models::openai::{
 };
 use aigw_state::cache::ResponseCache;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http::HeaderMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -216,24 +217,22 @@ impl Cache {
         }
     }
 
-    /// Stores `value` under `key` in the background, then releases `guard`'s waiters.
-    pub fn put(self: &Arc<Self>, key: String, value: Bytes, guard: Option<FlightGuard>) {
-        if value.len() > self.config.max_entry_bytes {
-            return;
-        }
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            if let Err(e) = this.store.put(&key, value, this.config.ttl).await {
-                this.metrics
-                    .state_errors
-                    .with_label_values(&["cache"])
-                    .inc();
-                tracing::warn!(error = %e, "cache write failed");
-            } else {
-                this.metrics.cache.with_label_values(&["stored"]).inc();
+    /// Stores `value` under `key`, then releases `guard`'s waiters. Awaited before the
+    /// answer is sent, so that a client asking again at once finds it.
+    pub async fn put(&self, key: &str, value: Bytes, guard: Option<FlightGuard>) {
+        if value.len() <= self.config.max_entry_bytes {
+            match self.store.put(key, value, self.config.ttl).await {
+                Ok(()) => self.metrics.cache.with_label_values(&["stored"]).inc(),
+                Err(e) => {
+                    self.metrics
+                        .state_errors
+                        .with_label_values(&["cache"])
+                        .inc();
+                    tracing::warn!(error = %e, "cache write failed");
+                }
             }
-            drop(guard);
-        });
+        }
+        drop(guard);
     }
 
     /// Counts a request's cache status.
@@ -614,13 +613,18 @@ pub struct Capture<C> {
     chunks: Vec<C>,
     bytes: usize,
     limit: usize,
-    done: Option<Box<dyn FnOnce(Vec<C>) + Send>>,
+    done: Option<CaptureDone<C>>,
 }
 
+type CaptureDone<C> = Box<dyn FnOnce(Vec<C>) -> BoxFuture<'static, ()> + Send>;
+
 impl<C> Capture<C> {
-    /// Calls `done` with every chunk when the stream ends cleanly; gives up past `limit`
-    /// bytes of chunks.
-    pub fn new(limit: usize, done: impl FnOnce(Vec<C>) + Send + 'static) -> Self {
+    /// Runs `done` with every chunk when the stream ends cleanly (before its `[DONE]` is
+    /// sent); gives up past `limit` bytes of chunks.
+    pub fn new(
+        limit: usize,
+        done: impl FnOnce(Vec<C>) -> BoxFuture<'static, ()> + Send + 'static,
+    ) -> Self {
         Self {
             chunks: Vec::new(),
             bytes: 0,
@@ -642,9 +646,9 @@ impl<C> Capture<C> {
     }
 
     /// The stream ended cleanly.
-    pub fn finish(mut self) {
+    pub async fn finish(mut self) {
         if let Some(done) = self.done.take() {
-            done(std::mem::take(&mut self.chunks));
+            done(std::mem::take(&mut self.chunks)).await;
         }
     }
 }

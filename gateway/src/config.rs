@@ -145,6 +145,8 @@ struct RawKey {
 struct RawState {
     redis_url_env: Option<String>,
     key_prefix: Option<String>,
+    timeout_ms: Option<u64>,
+    pool_size: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -510,6 +512,10 @@ pub struct StateConfig {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key (`{prefix}:...`).
     pub key_prefix: String,
+    /// Longest a Redis call may take (connecting included) before it counts as a failure.
+    pub timeout: Duration,
+    /// Most Redis connections held open.
+    pub pool_size: usize,
 }
 
 /// How long a budget's usage accumulates before it starts again from zero.
@@ -707,6 +713,8 @@ impl Config {
             state: StateConfig {
                 redis_url: None,
                 key_prefix: "ai".into(),
+                timeout: Duration::from_millis(500),
+                pool_size: 16,
             },
             admin_key: None,
             cache: CacheConfig::default(),
@@ -804,6 +812,8 @@ impl Config {
                 None => None,
             },
             key_prefix: raw.state.key_prefix.clone().unwrap_or_else(|| "ai".into()),
+            timeout: Duration::from_millis(raw.state.timeout_ms.unwrap_or(500).max(1)),
+            pool_size: raw.state.pool_size.unwrap_or(16).max(1),
         };
         let admin_key = match &raw.admin.key_env {
             Some(var) => lookup(var, "admin.key_env")?.map(|k| crate::auth::hash_key(&k)),

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub budget_events: IntCounterVec,
     /// Shared-state failures by operation (`budget` fails closed, `cache` open).
     pub state_errors: IntCounterVec,
+    /// Whether the shared state (Redis) answered its last readiness ping (1) or not (0).
+    pub state_up: IntGauge,
     /// Response-cache outcomes (`hit`, `miss`, `bypass`, `stored`, `coalesced`).
     pub cache: IntCounterVec,
 }
@@ -170,6 +172,12 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(cache.clone()))?;
+        let state_up = IntGauge::new(
+            "state_up",
+            "Whether the shared state answered its last readiness ping",
+        )?;
+        state_up.set(1);
+        registry.register(Box::new(state_up.clone()))?;
         registry.register(Box::new(deployment_up.clone()))?;
         registry.register(Box::new(deployment_attempts.clone()))?;
         registry.register(Box::new(deployment_failures.clone()))?;
@@ -194,6 +202,7 @@ impl Metrics {
             budget_events,
             state_errors,
             cache,
+            state_up,
         })
     }
 

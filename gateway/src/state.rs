@@ -8,11 +8,14 @@ use aigw_state::cache::ResponseCache;
 use aigw_state::events::EventSink;
 use aigw_state::memory::{BroadcastSink, MemoryCache, MemoryLedger, MemoryRateLimiter};
 use aigw_state::ratelimit::RateLimiter;
+use aigw_state::redis::{RedisOptions, RedisState};
 
 use crate::auth::KeyStore;
 use crate::budget::Budgets;
 use crate::cache::Cache;
-use crate::config::{Config, DeploymentConfig, LOCAL_PROVIDER, ModelConfig, ProviderKind};
+use crate::config::{
+    Config, DeploymentConfig, LOCAL_PROVIDER, ModelConfig, ProviderKind, StateConfig,
+};
 use crate::local::LocalModel;
 use crate::metrics::Metrics;
 use crate::providers::Provider;
@@ -29,6 +32,8 @@ struct Backends {
     cache: Arc<dyn ResponseCache>,
     /// Budget events, when they stay in this process.
     events: Option<BroadcastSink>,
+    /// The Redis server behind them, if any.
+    redis: Option<RedisState>,
 }
 
 impl Backends {
@@ -41,7 +46,31 @@ impl Backends {
             limiter: Arc::new(MemoryRateLimiter::new()),
             cache: Arc::new(MemoryCache::new(cache_entries)),
             events: Some(sink),
+            redis: None,
         }
+    }
+
+    /// State on a Redis server shared by every replica. Connections are made on first use:
+    /// a server that is down at start only fails the calls made while it is.
+    fn redis(url: &str, config: &StateConfig) -> anyhow::Result<Self> {
+        let redis = RedisState::connect_with(
+            url,
+            RedisOptions {
+                prefix: config.key_prefix.clone(),
+                pool_size: config.pool_size,
+                timeout: config.timeout,
+                ..RedisOptions::default()
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("state.redis_url_env: {e}"))?;
+        Ok(Self {
+            ledger: Arc::new(redis.ledger()),
+            sink: Arc::new(redis.events()),
+            limiter: Arc::new(redis.rate_limiter()),
+            cache: Arc::new(redis.cache()),
+            events: None,
+            redis: Some(redis),
+        })
     }
 }
 
@@ -65,6 +94,7 @@ struct Inner {
     budgets: Arc<Budgets>,
     rate_limits: Arc<RateLimits>,
     cache: Arc<Cache>,
+    redis: Option<RedisState>,
     events: Option<BroadcastSink>,
 }
 
@@ -119,9 +149,7 @@ impl AppState {
         let metrics = Metrics::new()?;
         metrics.register_engines(&local)?;
         let backends = match &config.state.redis_url {
-            Some(_) => anyhow::bail!(
-                "state.redis_url_env: the Redis backend is not available in this build yet"
-            ),
+            Some(url) => Backends::redis(url, &config.state)?,
             None => Backends::memory(config.cache.max_entries),
         };
         let Backends {
@@ -130,6 +158,7 @@ impl AppState {
             limiter,
             cache,
             events,
+            redis,
         } = backends;
         let cache = Arc::new(Cache::new(cache, config.cache.clone(), metrics.clone()));
         let rate_limits = Arc::new(RateLimits::new(limiter, metrics.clone()));
@@ -149,6 +178,7 @@ impl AppState {
                 budgets,
                 rate_limits,
                 cache,
+                redis,
                 events,
                 config,
             }),
@@ -183,6 +213,11 @@ impl AppState {
     /// Per-session budgets.
     pub fn budgets(&self) -> &Arc<Budgets> {
         &self.inner.budgets
+    }
+
+    /// The Redis server holding the shared state, if one is configured.
+    pub fn redis(&self) -> Option<&RedisState> {
+        self.inner.redis.as_ref()
     }
 
     /// The response cache.

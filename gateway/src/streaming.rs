@@ -153,7 +153,7 @@ impl<C: ChunkMeta> EventLoop<C> {
                 None => {
                     self.done = true;
                     if let Some(capture) = self.capture.take() {
-                        capture.finish();
+                        capture.finish().await;
                     }
                     return Some(Event::default().data("[DONE]"));
                 }

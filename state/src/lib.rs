@@ -21,6 +21,7 @@ pub mod events;
 pub mod memory;
 pub mod ratelimit;
 pub mod redis;
+pub mod testing;
 
 /// Why shared state could not be read or written.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -10,9 +10,7 @@
     reason = "tests and their harness: a failing assertion is the output"
 )]
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +21,7 @@ use aigw_state::conformance::{self, unique};
 use aigw_state::events::{BudgetEvent, EventKind, EventSink};
 use aigw_state::ratelimit::{RateLimit, RateLimiter};
 use aigw_state::redis::{RedisOptions, RedisState};
+use aigw_state::testing::RedisServer;
 use bytes::Bytes;
 use deadpool_redis::redis::{self, AsyncCommands};
 
@@ -30,122 +29,13 @@ use deadpool_redis::redis::{self, AsyncCommands};
 /// shorter; this only catches a hang).
 const BOUND: Duration = Duration::from_secs(5);
 
-/// A `redis-server` child on a loopback port with its own empty directory; killed on drop.
-struct RedisServer {
-    binary: PathBuf,
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    /// A fresh server, or `None` (after a note) when `redis-server` is not installed.
-    fn start() -> Option<Self> {
-        let Some(binary) = find_redis_server() else {
-            let required = std::env::var("AIGW_REQUIRE_TEST_TOOLS").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "redis-server not found, and AIGW_REQUIRE_TEST_TOOLS=1 (scripts/setup --test installs it)"
-            );
-            eprintln!("note: redis-server not found; skipping this Redis test");
-            return None;
-        };
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = Self {
-            binary,
-            port,
-            dir: tempfile::tempdir().expect("a temp dir"),
-            child: None,
-        };
-        server.restart();
-        Some(server)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Starts the server (again) on the same port and waits until it answers.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let child = Command::new(&self.binary)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + BOUND;
-        while !answers_ping(self.port) {
-            assert!(Instant::now() < deadline, "redis-server did not come up");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// SIGKILLs the server.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`) to the server.
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -{signal} {pid}");
-    }
-
-    /// A plain connection for looking at the keys.
-    async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("raw connection")
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn find_redis_server() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("redis-server"))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-fn answers_ping(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut buf = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+/// A plain connection for looking at the keys.
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("raw connection")
 }
 
 /// Starts a server, or returns from the test (skipped) when there is none.
@@ -287,7 +177,7 @@ async fn reservation_ttl_frees_budget() {
     assert!(matches!(r, Reserve::Reserved(_)));
     drop(dead);
 
-    let mut raw = server.raw().await;
+    let mut raw = raw(&server).await;
     let res_key = format!("ai:budget:{}:crash:session:res", key.tenant);
     let pttl: i64 = raw.pttl(&res_key).await.unwrap();
     assert!(
@@ -366,7 +256,7 @@ async fn keys_follow_the_documented_layout() {
         .unwrap();
     state.events().publish(&event(50)).await.unwrap();
 
-    let mut raw = server.raw().await;
+    let mut raw = raw(&server).await;
     let mut keys: Vec<String> = raw.keys("*").await.unwrap();
     keys.sort();
     let expected = [
@@ -433,7 +323,7 @@ async fn events_reach_the_stream() {
     for e in &sent {
         events.publish(e).await.unwrap();
     }
-    let mut raw = server.raw().await;
+    let mut raw = raw(&server).await;
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg("ai:events")
         .arg("-")

@@ -3,7 +3,7 @@
 
 use aigw_state::budget::{Amount, BudgetKey, Limits, Remaining, Snapshot};
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -93,10 +93,20 @@ pub struct SessionList {
     pub sessions: Vec<String>,
 }
 
+/// Which policy to read a session under.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PolicyQuery {
+    /// The session's policy, when it is not `budgets.default_policy` (keys that name their
+    /// own policy).
+    pub policy: Option<String>,
+}
+
 async fn describe(
     state: &AppState,
     tenant: &str,
     session: &str,
+    policy: Option<&str>,
 ) -> Result<SessionBudget, GatewayError> {
     let budgets = state.budgets();
     let unavailable = |_| GatewayError::StateUnavailable("budget".into());
@@ -105,7 +115,12 @@ async fn describe(
         .limits_override(tenant, session)
         .await
         .map_err(unavailable)?;
-    let policy = budgets.policy_for_tenant_session(tenant, session);
+    let policy = budgets.policy_named(policy).map_err(|name| {
+        GatewayError::bad_request(
+            format!("no budget policy named '{name}'"),
+            Some("policy".into()),
+        )
+    })?;
     let (name, window, limits) = match (&policy, over) {
         (Some(p), o) => (Some(p.name.clone()), p.window, Some(o.unwrap_or(p.limits))),
         (None, Some(o)) => (Some("override".to_string()), BudgetWindow::Session, Some(o)),
@@ -140,25 +155,29 @@ async fn describe(
 
 /// Reads a session's budget.
 #[utoipa::path(get, path = "/admin/budgets/{tenant}/{session}", tag = "Admin",
-    params(("tenant" = String, Path), ("session" = String, Path)),
+    params(("tenant" = String, Path), ("session" = String, Path), PolicyQuery),
     responses((status = 200, body = SessionBudget), ApiErrors),
     security(("admin_key" = [])))]
 pub async fn get_budget(
     State(state): State<AppState>,
     Path((tenant, session)): Path<(String, String)>,
+    Query(q): Query<PolicyQuery>,
 ) -> Result<Json<SessionBudget>, GatewayError> {
-    Ok(Json(describe(&state, &tenant, &session).await?))
+    Ok(Json(
+        describe(&state, &tenant, &session, q.policy.as_deref()).await?,
+    ))
 }
 
 /// Sets (or clears) a session's limits, overriding its policy in every window.
 #[utoipa::path(put, path = "/admin/budgets/{tenant}/{session}", tag = "Admin",
-    params(("tenant" = String, Path), ("session" = String, Path)),
+    params(("tenant" = String, Path), ("session" = String, Path), PolicyQuery),
     request_body = SetBudget,
     responses((status = 200, body = SessionBudget), ApiErrors),
     security(("admin_key" = [])))]
 pub async fn set_budget(
     State(state): State<AppState>,
     Path((tenant, session)): Path<(String, String)>,
+    Query(q): Query<PolicyQuery>,
     crate::extract::OpenAiJson(body): crate::extract::OpenAiJson<SetBudget>,
 ) -> Result<Json<SessionBudget>, GatewayError> {
     let limits = if body.clear {
@@ -184,19 +203,23 @@ pub async fn set_budget(
         .set_limits_override(&tenant, &session, limits)
         .await
         .map_err(|_| GatewayError::StateUnavailable("budget".into()))?;
-    Ok(Json(describe(&state, &tenant, &session).await?))
+    Ok(Json(
+        describe(&state, &tenant, &session, q.policy.as_deref()).await?,
+    ))
 }
 
 /// Resets a session's usage, reservations and fired thresholds in the current window.
 #[utoipa::path(delete, path = "/admin/budgets/{tenant}/{session}", tag = "Admin",
-    params(("tenant" = String, Path), ("session" = String, Path)),
+    params(("tenant" = String, Path), ("session" = String, Path), PolicyQuery),
     responses((status = 200, body = SessionBudget), ApiErrors),
     security(("admin_key" = [])))]
 pub async fn reset_budget(
     State(state): State<AppState>,
     Path((tenant, session)): Path<(String, String)>,
+    Query(q): Query<PolicyQuery>,
 ) -> Result<Json<SessionBudget>, GatewayError> {
-    let current = describe(&state, &tenant, &session).await?;
+    let policy = q.policy.as_deref();
+    let current = describe(&state, &tenant, &session, policy).await?;
     if let Some(window) = current.window {
         state
             .budgets()
@@ -209,7 +232,7 @@ pub async fn reset_budget(
             .await
             .map_err(|_| GatewayError::StateUnavailable("budget".into()))?;
     }
-    Ok(Json(describe(&state, &tenant, &session).await?))
+    Ok(Json(describe(&state, &tenant, &session, policy).await?))
 }
 
 /// Lists the sessions of a tenant.

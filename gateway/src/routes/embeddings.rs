@@ -147,7 +147,7 @@ pub async fn create_embedding(
             };
             if let EmbeddingVector::Float(v) = item.embedding {
                 if let Some(plan) = plans[i].as_ref().filter(|p| p.write) {
-                    cache.put(plan.key.clone(), to_bytes(&v), None);
+                    cache.put(&plan.key, to_bytes(&v), None).await;
                 }
                 vectors[i] = Some(v);
             }

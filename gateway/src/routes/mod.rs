@@ -216,7 +216,7 @@ async fn generate<G: Cacheable>(
                 && G::storable(&full)
                 && let Some(bytes) = crate::cache::encode(&full)
             {
-                cache.put(key, bytes, flight.take());
+                cache.put(&key, bytes, flight.take()).await;
             }
             Routed {
                 result: Ok(Reply::Full(full)),
@@ -233,12 +233,14 @@ async fn generate<G: Cacheable>(
                 let guard = flight.take();
                 let limit = cache.config().max_entry_bytes;
                 stream.capture_with(Capture::new(limit, move |chunks| {
-                    if let Some(full) = G::assemble(chunks)
-                        && G::storable(&full)
-                        && let Some(bytes) = crate::cache::encode(&full)
-                    {
-                        cache.put(key, bytes, guard);
-                    }
+                    Box::pin(async move {
+                        if let Some(full) = G::assemble(chunks)
+                            && G::storable(&full)
+                            && let Some(bytes) = crate::cache::encode(&full)
+                        {
+                            cache.put(&key, bytes, guard).await;
+                        }
+                    })
                 }));
             }
             Routed {

@@ -23,6 +23,21 @@ pub struct HealthStatus {
     /// Readiness only: each alias and its deployments.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub models: BTreeMap<String, ModelReadiness>,
+    /// Readiness only: where shared state lives and whether it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateReadiness>,
+}
+
+/// The shared state (budgets, rate limits, cache, events) as readiness sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StateReadiness {
+    /// `memory` or `redis`.
+    pub backend: String,
+    /// Whether it answered now (memory: always).
+    pub reachable: bool,
+    /// Why not, when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Whether one alias can be served.
@@ -41,15 +56,17 @@ pub async fn health() -> Json<HealthStatus> {
     Json(HealthStatus {
         status: "ok".into(),
         models: BTreeMap::new(),
+        state: None,
     })
 }
 
 /// Readiness: every model alias still has a deployment that passed its last health probe
-/// and whose circuit is not open.
+/// and whose circuit is not open, and, when budgets are configured, the shared state
+/// answers (budget checks fail closed without it; the cache and rate limits fail open).
 #[utoipa::path(get, path = "/ready", tag = "Operations",
     responses(
         (status = 200, body = HealthStatus, description = "Every alias can be served"),
-        (status = 503, body = HealthStatus, description = "Some alias has no usable deployment"),
+        (status = 503, body = HealthStatus, description = "Some alias has no usable deployment, or budgets are configured and the shared state does not answer"),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let now = Instant::now();
@@ -72,7 +89,31 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             ModelReadiness { ready, deployments },
         );
     }
-    let ready = models.values().all(|m| m.ready);
+    let shared = match state.redis() {
+        None => StateReadiness {
+            backend: "memory".into(),
+            reachable: true,
+            error: None,
+        },
+        Some(redis) => {
+            let answer = redis.ping().await;
+            state.metrics().state_up.set(i64::from(answer.is_ok()));
+            if answer.is_err() {
+                state
+                    .metrics()
+                    .state_errors
+                    .with_label_values(&["ping"])
+                    .inc();
+            }
+            StateReadiness {
+                backend: "redis".into(),
+                reachable: answer.is_ok(),
+                error: answer.err().map(|e| e.to_string()),
+            }
+        }
+    };
+    let budgets_need_state = !state.config().budgets.policies.is_empty();
+    let ready = models.values().all(|m| m.ready) && (shared.reachable || !budgets_need_state);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -81,6 +122,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     let body = HealthStatus {
         status: if ready { "ready" } else { "not_ready" }.into(),
         models,
+        state: Some(shared),
     };
     (status, Json(body)).into_response()
 }

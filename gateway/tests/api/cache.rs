@@ -205,11 +205,6 @@ fn remaining(resp: &reqwest::Response) -> String {
         .to_string()
 }
 
-/// Lets the background cache write land.
-async fn settle() {
-    tokio::time::sleep(Duration::from_millis(50)).await;
-}
-
 #[tokio::test]
 async fn a_deterministic_request_is_answered_once_and_hits_are_free() {
     let (addr, up) = start().await;
@@ -218,7 +213,6 @@ async fn a_deterministic_request_is_answered_once_and_hits_are_free() {
     assert_eq!(x_cache(&first), "miss");
     let after_first = remaining(&first);
     assert_eq!(content(first).await, "answer 1");
-    settle().await;
 
     // Field order, `user` and `stream_options` do not change the key.
     let same = json!({"max_tokens": 20, "messages": [{"content": "hello", "role": "user"}],
@@ -253,7 +247,6 @@ async fn only_deterministic_or_forced_requests_are_cached() {
 
     let force = [("x-aigw-cache", "force")];
     assert_eq!(x_cache(&send(&gw, &warm, &force).await), "miss");
-    settle().await;
     let hit = send(&gw, &warm, &force).await;
     assert_eq!(x_cache(&hit), "hit");
     assert_eq!(content(hit).await, "answer 3");
@@ -262,7 +255,6 @@ async fn only_deterministic_or_forced_requests_are_cached() {
     let mut seeded = warm.clone();
     seeded["seed"] = json!(42);
     assert_eq!(x_cache(&send(&gw, &seeded, &[]).await), "miss");
-    settle().await;
     assert_eq!(x_cache(&send(&gw, &seeded, &[]).await), "hit");
     assert_eq!(up.calls(), 4);
 }
@@ -274,15 +266,12 @@ async fn cache_control_skips_the_read_or_the_write() {
     // no-store: answered but not kept.
     let resp = send(&gw, &body("a"), &[("cache-control", "no-store")]).await;
     assert_eq!(x_cache(&resp), "miss");
-    settle().await;
     assert_eq!(x_cache(&send(&gw, &body("a"), &[]).await), "miss");
-    settle().await;
     assert_eq!(up.calls(), 2);
     // no-cache: the stored entry is not read, the fresh answer replaces it.
     let fresh = send(&gw, &body("a"), &[("cache-control", "no-cache")]).await;
     assert_eq!(x_cache(&fresh), "bypass");
     assert_eq!(content(fresh).await, "answer 3");
-    settle().await;
     let hit = send(&gw, &body("a"), &[]).await;
     assert_eq!(content(hit).await, "answer 3");
     // x-aigw-cache: off leaves the cache alone.
@@ -303,7 +292,6 @@ async fn streams_and_plain_requests_share_entries() {
     let resp = send(&gw, &stream, &[]).await;
     assert_eq!(x_cache(&resp), "miss");
     assert_eq!(streamed(resp).await, ("answer 1".into(), false));
-    settle().await;
     let plain = send(&gw, &body("story"), &[]).await;
     assert_eq!(x_cache(&plain), "hit");
     let v: Value = plain.json().await.unwrap();
@@ -315,7 +303,6 @@ async fn streams_and_plain_requests_share_entries() {
     // ...and a plain answer is replayed as SSE, with the usage chunk when asked for.
     let resp = send(&gw, &body("legend"), &[]).await;
     assert_eq!(content(resp).await, "answer 2");
-    settle().await;
     let mut again = body("legend");
     again["stream"] = json!(true);
     again["stream_options"] = json!({"include_usage": true});
@@ -336,7 +323,6 @@ async fn truncated_answers_are_not_stored() {
             let resp = send(&gw, &b, &[]).await;
             assert_eq!(x_cache(&resp), "miss");
             let _ = resp.bytes().await;
-            settle().await;
         }
     }
     assert_eq!(up.calls(), 4);
@@ -399,7 +385,6 @@ provider = "up"
             .await
             .unwrap();
         assert_eq!(x_cache(&resp), expect);
-        settle().await;
     }
     assert_eq!(up.calls(), 2);
 }
@@ -425,7 +410,6 @@ async fn embeddings_are_cached_per_input() {
     assert_eq!(x_cache(&first), "miss");
     let v: Value = first.json().await.unwrap();
     assert_eq!(v["usage"]["prompt_tokens"], 6);
-    settle().await;
 
     let second = embed(json!(["dragon", "wizard", "goblin"]), "float").await;
     assert_eq!(x_cache(&second), "miss");
@@ -451,7 +435,6 @@ async fn embeddings_are_cached_per_input() {
         vec![json!("goblin"), json!("dragon"), json!("wizard")],
         "the upstream saw each input once"
     );
-    settle().await;
 
     // All known: no upstream call; base64 is made from the stored floats.
     let third = embed(json!("wizard"), "base64").await;

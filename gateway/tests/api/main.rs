@@ -20,6 +20,7 @@ mod openai_fixtures;
 mod other;
 mod routing;
 mod sdk;
+mod shared_state;
 mod tools;
 
 use std::time::Duration;
@@ -123,8 +124,23 @@ impl Gateway {
         Self::start_config(mock::start().await, toml).await
     }
 
+    /// A gateway with this whole config file and extra env vars for it.
+    pub async fn start_toml_env(toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_config_env(mock::start().await, toml, env).await
+    }
+
     async fn start_config(mock: MockServer, toml: &str) -> Self {
-        let config = Config::parse(toml, &test_env).expect("test config");
+        Self::start_config_env(mock, toml, &[]).await
+    }
+
+    async fn start_config_env(mock: MockServer, toml: &str, env: &[(&str, &str)]) -> Self {
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_string())
+                .or_else(|| test_env(name))
+        };
+        let config = Config::parse(toml, &lookup).expect("test config");
 
         let state = AppState::new(config).expect("state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -167,9 +167,11 @@ def local_chat_streams():
     plain = client.chat.completions.create(
         model="smollm2-135m-instruct", messages=messages, temperature=0, max_tokens=32
     )
+    # The engine's own stream, not the cached answer of the request above.
     stream = client.chat.completions.create(
         model="smollm2-135m-instruct", messages=messages, temperature=0, max_tokens=32,
         stream=True, stream_options={"include_usage": True},
+        extra_headers={"x-aigw-cache": "off"},
     )
     text, usage, pieces = "", None, 0
     for chunk in stream:
@@ -182,6 +184,29 @@ def local_chat_streams():
     assert pieces > 3, pieces
     assert text == plain.choices[0].message.content, (text, plain.choices[0].message.content)
     assert usage.completion_tokens == plain.usage.completion_tokens, (usage, plain.usage)
+
+
+@local_check
+def local_chat_cache_replays_a_stream():
+    messages = [{"role": "user", "content": "What is 3 + 3?"}]
+    plain = client.chat.completions.with_raw_response.create(
+        model="smollm2-135m-instruct", messages=messages, temperature=0, max_tokens=64
+    )
+    answer = plain.parse()
+    assert answer.choices[0].finish_reason == "stop", answer  # only complete answers are kept
+    raw = client.chat.completions.with_raw_response.create(
+        model="smollm2-135m-instruct", messages=messages, temperature=0, max_tokens=64,
+        stream=True, stream_options={"include_usage": True},
+    )
+    assert raw.headers["x-cache"] == "hit", raw.headers.get("x-cache")
+    text, usage = "", None
+    for chunk in raw.parse():
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert text == answer.choices[0].message.content, (text, answer)
+    assert usage.total_tokens == answer.usage.total_tokens, (usage, answer.usage)
 
 
 @local_check
