@@ -83,6 +83,7 @@ struct RawCache {
     max_entries: Option<usize>,
     max_entry_bytes: Option<usize>,
     coalesce_wait_secs: Option<u64>,
+    charge_hits: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -491,6 +492,9 @@ pub struct CacheConfig {
     pub max_entry_bytes: usize,
     /// How long identical requests wait for the one in flight before calling themselves.
     pub coalesce_wait: Duration,
+    /// Whether a hit is charged to the session's budget at its stored usage (chat and
+    /// completions); by default hits are free.
+    pub charge_hits: bool,
 }
 
 impl Default for CacheConfig {
@@ -501,6 +505,7 @@ impl Default for CacheConfig {
             max_entries: 10_000,
             max_entry_bytes: 1 << 20,
             coalesce_wait: Duration::from_secs(30),
+            charge_hits: false,
         }
     }
 }
@@ -1045,6 +1050,7 @@ impl Config {
                 .cache
                 .coalesce_wait_secs
                 .map_or(defaults.coalesce_wait, Duration::from_secs),
+            charge_hits: raw.cache.charge_hits.unwrap_or(defaults.charge_hits),
         };
         Ok(Self {
             server,

@@ -16,7 +16,8 @@ use std::time::Instant;
 
 use aigw_models::openai::{
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
-    CompletionResponse, EmbeddingRequest, EmbeddingResponse, EmbeddingVector, InvalidParam, Usage,
+    CompletionResponse, EmbeddingRequest, EmbeddingResponse, EmbeddingVector, InvalidParam, Prompt,
+    Usage,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -70,6 +71,8 @@ pub trait BudgetHint {
     fn max_output(&self) -> Option<u32>;
     /// Choices requested (`n`, times prompts for legacy completions).
     fn choices(&self) -> u32;
+    /// The exact prompt tokens, if `provider` can count them.
+    fn prompt_tokens(&self, provider: &dyn Provider) -> Option<u64>;
 }
 
 impl BudgetHint for ChatCompletionRequest {
@@ -82,6 +85,9 @@ impl BudgetHint for ChatCompletionRequest {
     fn choices(&self) -> u32 {
         self.n.unwrap_or(1).max(1)
     }
+    fn prompt_tokens(&self, provider: &dyn Provider) -> Option<u64> {
+        provider.chat_prompt_tokens(&self.messages)
+    }
 }
 
 impl BudgetHint for CompletionRequest {
@@ -93,6 +99,20 @@ impl BudgetHint for CompletionRequest {
     }
     fn choices(&self) -> u32 {
         self.n.unwrap_or(1).max(1) * u32::try_from(self.prompt.len().max(1)).unwrap_or(u32::MAX)
+    }
+    fn prompt_tokens(&self, provider: &dyn Provider) -> Option<u64> {
+        // Every prompt is generated for `n` times; each counts its own prompt.
+        let n = u64::from(self.n.unwrap_or(1).max(1));
+        let total = match &self.prompt {
+            Prompt::Text(t) => provider.text_prompt_tokens(t)?,
+            Prompt::Texts(v) => v
+                .iter()
+                .map(|t| provider.text_prompt_tokens(t))
+                .sum::<Option<u64>>()?,
+            Prompt::Tokens(t) => t.len() as u64,
+            Prompt::TokenLists(v) => v.iter().map(|t| t.len() as u64).sum(),
+        };
+        Some(total * n)
     }
 }
 

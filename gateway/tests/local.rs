@@ -64,9 +64,11 @@ async fn local_server(toml: &str) -> Option<String> {
     Some(serve(Config::parse(toml, &|_| None).unwrap()).await)
 }
 
+/// POSTs past the response cache: these tests are about the engines.
 async fn post(url: &str, body: &Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(url)
+        .header("x-aigw-cache", "off")
         .json(body)
         .send()
         .await
@@ -301,4 +303,33 @@ async fn bad_token_ids_and_biases_are_refused_and_hurt_no_one_else() {
     assert_eq!(out["choices"][0]["text"], "Once upon a time");
     assert_eq!(out["usage"]["completion_tokens"], 0);
     assert_eq!(out["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test]
+async fn budgets_reserve_the_prompt_as_the_model_counts_it() {
+    let toml =
+        format!("{LOCAL}\n[budgets]\ndefault_policy = \"p\"\n[budgets.policies.p]\ntokens = 400\n");
+    let Some(url) = local_server(&toml).await else {
+        return;
+    };
+    let url = format!("{url}/v1/chat/completions");
+    let remaining = |resp: &reqwest::Response| -> u64 {
+        let v = resp.headers()["x-aigw-budget-remaining"].to_str().unwrap();
+        v.strip_prefix("tokens=").unwrap().parse().unwrap()
+    };
+    let first = post(&url, &chat("smol", "Say hi.", 4)).await;
+    assert_eq!(first.status(), 200);
+    let left = remaining(&first);
+    let body: Value = first.json().await.unwrap();
+    let prompt = body["usage"]["prompt_tokens"].as_u64().unwrap();
+    let spent = body["usage"]["total_tokens"].as_u64().unwrap();
+    assert_eq!(left, 400 - spent);
+
+    // The reservation is the prompt's exact token count plus max_tokens: a request that
+    // needs one token more than is left is refused, one that needs exactly what is left is
+    // admitted. (The byte estimate for this JSON differs from the templated prompt's count.)
+    let over = post(&url, &chat("smol", "Say hi.", (left - prompt + 1) as u32)).await;
+    assert_eq!(over.status(), 429);
+    let exact = post(&url, &chat("smol", "Say hi.", (left - prompt) as u32)).await;
+    assert_eq!(exact.status(), 200);
 }

@@ -288,6 +288,16 @@ impl Provider for LocalChatProvider {
         &self.name
     }
 
+    fn chat_prompt_tokens(&self, messages: &[aigw_models::openai::ChatMessage]) -> Option<u64> {
+        let text = self.engine.codec().render_chat(messages, None).ok()?;
+        self.text_prompt_tokens(&text)
+    }
+
+    fn text_prompt_tokens(&self, text: &str) -> Option<u64> {
+        let ids = self.engine.codec().encode_prompt(text).ok()?;
+        Some(ids.len() as u64)
+    }
+
     async fn chat(
         &self,
         req: ChatCompletionRequest,

@@ -159,6 +159,17 @@ pub trait Provider: Send + Sync + 'static {
     /// Name for logs and metrics.
     fn name(&self) -> &str;
 
+    /// The exact prompt tokens of a conversation, when this provider knows its model's
+    /// tokenizer and chat template (local engines); budgets reserve it instead of an estimate.
+    fn chat_prompt_tokens(&self, _messages: &[aigw_models::openai::ChatMessage]) -> Option<u64> {
+        None
+    }
+
+    /// The exact tokens of a text prompt, when this provider knows its tokenizer.
+    fn text_prompt_tokens(&self, _text: &str) -> Option<u64> {
+        None
+    }
+
     /// A non-streaming chat completion.
     async fn chat(
         &self,

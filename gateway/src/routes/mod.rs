@@ -169,8 +169,17 @@ async fn generate<G: Cacheable>(
         Some(plan) if plan.read => match cache.lookup(plan).await {
             Lookup::Hit(bytes) => {
                 cache.count(Status::Hit);
-                let remaining = match &applied {
-                    Some(applied) => budgets.remaining(applied).await,
+                let remaining = match applied {
+                    Some(applied) if cache.config().charge_hits => {
+                        match charge_hit::<G>(budgets, applied, &bytes, route.price).await {
+                            Ok(remaining) => remaining,
+                            Err(e) => {
+                                let resp = labelled(&route.alias, e);
+                                return finish(resp, Status::Hit, None, downgraded_from);
+                            }
+                        }
+                    }
+                    Some(applied) => budgets.remaining(&applied).await,
                     None => None,
                 };
                 let resp = cached_answer::<G>(bytes, req.stream_usage(), &route.alias);
@@ -188,8 +197,12 @@ async fn generate<G: Cacheable>(
 
     let admission = match applied {
         Some(applied) => {
-            let (estimate, prompt_estimate) =
-                estimate(&req, state.config().budgets.default_max_tokens, route.price);
+            let (estimate, prompt_estimate) = estimate(
+                &req,
+                route,
+                state.config().budgets.default_max_tokens,
+                route.price,
+            );
             match budgets
                 .admit(applied, estimate, prompt_estimate, route.price)
                 .await
@@ -263,6 +276,28 @@ async fn generate<G: Cacheable>(
     )
 }
 
+/// Charges a hit to the session at the stored answer's usage (`cache.charge_hits`): the
+/// same reserve-then-settle as a call, so a spent budget refuses it.
+async fn charge_hit<G: Cacheable>(
+    budgets: &std::sync::Arc<budget::Budgets>,
+    applied: budget::Applied,
+    bytes: &[u8],
+    price: aigw_models::catalog::Price,
+) -> Result<Option<String>, GatewayError> {
+    let usage = serde_json::from_slice::<G::Full>(bytes)
+        .ok()
+        .and_then(|mut full| G::relabel(&mut full, "").cloned());
+    let Some(usage) = usage else {
+        return Ok(budgets.remaining(&applied).await);
+    };
+    let amount = budget::amount(usage.prompt_tokens, usage.completion_tokens, price);
+    let admission = budgets
+        .admit(applied, amount, usage.prompt_tokens, price)
+        .await?;
+    let fallback = admission.remaining_header();
+    Ok(admission.settle(amount).await.or(fallback))
+}
+
 /// A stored answer, as JSON or (`stream_usage` is `Some`) replayed as a stream.
 fn cached_answer<G: Cacheable>(
     bytes: bytes::Bytes,
@@ -311,16 +346,25 @@ fn finish(
     resp
 }
 
-/// A conservative reservation for a generation request: the prompt at one token per three
-/// bytes of its JSON (an over-estimate for text in any script), and every choice's output
-/// limit (or the configured default).
+/// The reservation of a generation request: the prompt counted with the model's tokenizer
+/// when the route has one deployment that knows it (a local engine), else conservatively at
+/// one token per three bytes of the request's JSON (an over-estimate for text in any script);
+/// plus every choice's output limit (or the configured default).
 fn estimate<G: Generation>(
     req: &G,
+    route: &crate::routing::Route,
     default_max_tokens: u32,
     price: aigw_models::catalog::Price,
 ) -> (aigw_state::budget::Amount, u64) {
-    let bytes = serde_json::to_vec(req).map_or(0, |b| b.len()) as u64;
-    let prompt = bytes.div_ceil(3) + 16;
+    let mut deployments = route.deployments();
+    let exact = match (deployments.next(), deployments.next()) {
+        (Some(only), None) => req.prompt_tokens(&*only.provider),
+        _ => None,
+    };
+    let prompt = exact.unwrap_or_else(|| {
+        let bytes = serde_json::to_vec(req).map_or(0, |b| b.len()) as u64;
+        bytes.div_ceil(3) + 16
+    });
     let output =
         u64::from(req.max_output().unwrap_or(default_max_tokens)) * u64::from(req.choices());
     (budget::amount(prompt, output, price), prompt)

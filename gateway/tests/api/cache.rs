@@ -113,10 +113,17 @@ async fn start() -> (SocketAddr, Upstream) {
 }
 
 async fn gateway(addr: SocketAddr) -> Gateway {
+    gateway_with(addr, "").await
+}
+
+async fn gateway_with(addr: SocketAddr, cache: &str) -> Gateway {
     Gateway::start_toml(&format!(
         r#"
 [server]
 listen = "127.0.0.1:0"
+
+[cache]
+{cache}
 
 [admin]
 key_env = "TEST_ADMIN_KEY"
@@ -333,14 +340,50 @@ async fn identical_requests_in_flight_are_coalesced() {
     let (addr, up) = start().await;
     let gw = gateway(addr).await;
     let b = body("slow question");
-    let answers = futures::future::join_all((0..5).map(|_| async {
+    let answers = futures::future::join_all((0..50).map(|_| async {
         let resp = send(&gw, &b, &[]).await;
         (x_cache(&resp), content(resp).await)
     }))
     .await;
     assert_eq!(up.calls(), 1, "{answers:?}");
     assert!(answers.iter().all(|(_, text)| text == "answer 1"));
-    assert_eq!(answers.iter().filter(|(s, _)| s == "hit").count(), 4);
+    assert_eq!(answers.iter().filter(|(s, _)| s == "hit").count(), 49);
+
+    // Streams too: the followers wait for the leader's stream and replay it.
+    let mut stream = body("slow saga");
+    stream["stream"] = json!(true);
+    let texts = futures::future::join_all((0..20).map(|_| async {
+        let resp = send(&gw, &stream, &[]).await;
+        streamed(resp).await.0
+    }))
+    .await;
+    assert_eq!(up.calls(), 2);
+    assert!(texts.iter().all(|t| t == "answer 2"), "{texts:?}");
+}
+
+#[tokio::test]
+async fn entries_expire_after_their_ttl() {
+    let (addr, up) = start().await;
+    let gw = gateway_with(addr, "ttl_secs = 1").await;
+    assert_eq!(x_cache(&send(&gw, &body("brief"), &[]).await), "miss");
+    assert_eq!(x_cache(&send(&gw, &body("brief"), &[]).await), "hit");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let resp = send(&gw, &body("brief"), &[]).await;
+    assert_eq!(x_cache(&resp), "miss");
+    assert_eq!(content(resp).await, "answer 2");
+    assert_eq!(up.calls(), 2);
+}
+
+#[tokio::test]
+async fn hits_can_be_charged() {
+    let (addr, up) = start().await;
+    let gw = gateway_with(addr, "charge_hits = true").await;
+    let first = send(&gw, &body("toll"), &[]).await;
+    assert_eq!(remaining(&first), "tokens=988");
+    let hit = send(&gw, &body("toll"), &[]).await;
+    assert_eq!(x_cache(&hit), "hit");
+    assert_eq!(remaining(&hit), "tokens=976", "the stored usage is charged");
+    assert_eq!(up.calls(), 1);
 }
 
 #[tokio::test]
