@@ -260,7 +260,7 @@ async fn keys_follow_the_documented_layout() {
     let mut keys: Vec<String> = raw.keys("*").await.unwrap();
     keys.sort();
     let expected = [
-        ("p1:budget:acme:table%3A1:2026-W47", "hash", false),
+        ("p1:budget:acme:table%3A1:2026-W47", "hash", true),
         ("p1:budget:acme:table%3A1:2026-W47:amt", "hash", true),
         ("p1:budget:acme:table%3A1:2026-W47:res", "zset", true),
         ("p1:events", "stream", false),

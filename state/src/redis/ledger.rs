@@ -64,6 +64,22 @@ impl RedisLedger {
     }
 }
 
+/// How long a window's usage is worth keeping, by its label: a day (`2026-11-22`) for two
+/// days, an ISO week (`2026-W47`) for eight; the `session` window (and anything else) until
+/// it is reset. Redis then forgets finished windows by itself.
+fn retention_ms(window: &str) -> u64 {
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    let b = window.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    match b.len() {
+        10 if digits(0..4) && b[4] == b'-' && digits(5..7) && b[7] == b'-' && digits(8..10) => {
+            2 * DAY_MS
+        }
+        8 if digits(0..4) && &b[4..6] == b"-W" && digits(6..8) => 8 * DAY_MS,
+        _ => 0,
+    }
+}
+
 fn arg(n: u64) -> u64 {
     n.min(MAX_EXACT)
 }
@@ -154,6 +170,7 @@ impl BudgetLedger for RedisLedger {
             .arg(arg(actual.cost_micros))
             .arg(arg(actual.audio_ms))
             .arg(&limit_args(limits)[..])
+            .arg(retention_ms(&key.window))
             .arg(thresholds.iter().map(|t| u64::from(*t)).collect::<Vec<_>>());
         let (ut, uc, ua, rt, rc, ra, crossed): (u64, u64, u64, u64, u64, u64, Vec<u64>) = self
             .state
@@ -285,5 +302,18 @@ impl BudgetLedger for RedisLedger {
         self.state
             .run(async |conn| call.invoke_async::<()>(conn).await)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retention_ms;
+
+    #[test]
+    fn finished_windows_are_forgotten() {
+        assert_eq!(retention_ms("2026-11-22"), 2 * 86_400_000);
+        assert_eq!(retention_ms("2026-W47"), 8 * 86_400_000);
+        assert_eq!(retention_ms("session"), 0);
+        assert_eq!(retention_ms("2026-1x-22"), 0);
     }
 }

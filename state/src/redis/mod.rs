@@ -13,7 +13,7 @@
 //!
 //! | key | type | TTL | holds |
 //! |-----|------|-----|-------|
-//! | `P:budget:{tenant}:{session}:{window}` | hash | none (`reset` deletes it) | settled usage `tokens`, `cost_micros`, `audio_ms`; `fired`: the thresholds fired in this window (`50,85`) |
+//! | `P:budget:{tenant}:{session}:{window}` | hash | day windows 2 days, week windows 8 days after the last settle; `session` none (`reset` deletes it) | settled usage `tokens`, `cost_micros`, `audio_ms`; `fired`: the thresholds fired in this window (`50,85`) |
 //! | `P:budget:{tenant}:{session}:{window}:res` | sorted set | until its latest reservation expires | live reservations: id → expiry (Redis clock, Unix ms) |
 //! | `P:budget:{tenant}:{session}:{window}:amt` | hash | as `:res` | reservation id → its amount, `"tokens cost_micros audio_ms"` |
 //! | `P:sessions:{tenant}` | set | none | the tenant's sessions (for the admin API) |

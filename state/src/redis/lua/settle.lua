@@ -2,6 +2,7 @@
 -- KEYS: usage hash, reservations sorted set, amounts hash.
 -- ARGV: id, tokens, cost_micros, audio_ms,
 --       limit tokens, limit cost_micros, limit audio_ms ("" = unlimited),
+--       retention of the usage hash in ms (0: kept until reset),
 --       then the thresholds (percent, any order).
 -- Returns {usage tokens, cost_micros, audio_ms, reserved tokens, cost_micros, audio_ms,
 --          {newly crossed thresholds, ascending}}.
@@ -26,6 +27,8 @@ local used = {
   redis.call('HINCRBY', usage, 'cost_micros', ARGV[3]),
   redis.call('HINCRBY', usage, 'audio_ms', ARGV[4]),
 }
+local retention = tonumber(ARGV[8]) or 0
+if retention > 0 then redis.call('PEXPIRE', usage, retention) end
 
 -- Limits::percent_used: the largest share over the limited dimensions, whole percent; a
 -- zero limit counts as reached at once (and as infinitely exceeded once used).
@@ -56,7 +59,7 @@ if stored then
 end
 local crossed = {}
 if limited then
-  for i = 8, #ARGV do
+  for i = 9, #ARGV do
     local th = tonumber(ARGV[i])
     if th <= pct and not is_fired[th] then
       is_fired[th] = true
