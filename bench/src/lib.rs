@@ -20,6 +20,8 @@
 //! - [`roofline`]: memory-bandwidth measurement and the decode roofline.
 //! - [`routing`]: the routing scenario (ten deployments per alias, and a fallback from a
 //!   failing deployment, measured by the gateway's own time).
+//! - [`state`]: the shared-state scenario (cache hits in memory and on Redis, and what
+//!   budgets + rate limits on Redis add).
 //! - [`engine`]: the local-engine scenario (the gateway's in-process model
 //!   under 1 to 64 streams, against llama.cpp and the roofline).
 //! - [`results`]: provenance of a result (UTC date, machine, command line,
@@ -43,6 +45,7 @@ pub mod roofline;
 pub mod routing;
 pub mod schedule;
 pub mod sse;
+pub mod state;
 pub mod stats;
 pub mod streams;
 

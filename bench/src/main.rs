@@ -1,5 +1,5 @@
-//! `aigw-bench`: mock upstream, load generator, gateway-overhead, routing and
-//! local-engine scenarios.
+//! `aigw-bench`: mock upstream, load generator, gateway-overhead, routing,
+//! shared-state and local-engine scenarios.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use aigw_bench::engine::{self, EngineConfig};
 use aigw_bench::load::{self, LoadConfig};
 use aigw_bench::overhead::{self, OverheadConfig};
 use aigw_bench::routing::{self, RoutingBenchConfig};
+use aigw_bench::state::{self, StateBenchConfig};
 
 /// Benchmarks for the aigw gateway.
 #[derive(Debug, Parser)]
@@ -116,6 +117,37 @@ enum Cmd {
         /// Rounds interleaving the aliases.
         #[arg(long, default_value_t = 10)]
         rounds: usize,
+        /// Directory of the result files.
+        #[arg(long, default_value = "bench/results")]
+        out_dir: PathBuf,
+    },
+    /// Measure cache hits in memory and on Redis, and the latency budgets + rate
+    /// limits on Redis add; write results (Redis parts skipped without redis-server).
+    State {
+        /// The aigw binary to measure.
+        #[arg(long)]
+        aigw: PathBuf,
+        /// Connections of the cache-hit runs (closed loop).
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Measured seconds of each cache-hit run.
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Unmeasured seconds before each cache-hit run.
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        /// Measured requests per gateway of the budget + limits comparison (sequential).
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Unmeasured requests per gateway before that comparison.
+        #[arg(long, default_value_t = 2_000)]
+        warmup_requests: usize,
+        /// Rounds interleaving the two gateways of that comparison.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Per-request timeout, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
         /// Directory of the result files.
         #[arg(long, default_value = "bench/results")]
         out_dir: PathBuf,
@@ -258,6 +290,39 @@ fn main() -> anyhow::Result<()> {
             std::io::stdout()
                 .lock()
                 .write_all(routing::render(&report).as_bytes())?;
+            eprintln!("wrote {} and {}", json.display(), md.display());
+            Ok(())
+        }
+        Cmd::State {
+            aigw,
+            connections,
+            duration,
+            warmup,
+            requests,
+            warmup_requests,
+            rounds,
+            timeout,
+            out_dir,
+        } => {
+            if duration <= 0.0 {
+                bail!("--duration must be positive");
+            }
+            let cfg = StateBenchConfig {
+                aigw,
+                connections,
+                duration: seconds("duration", duration)?,
+                warmup: seconds("warmup", warmup)?,
+                requests,
+                warmup_requests,
+                rounds,
+                timeout: seconds("timeout", timeout)?,
+                out_dir,
+            };
+            let report = state::run(&cfg)?;
+            let [json, md] = report.write(&cfg.out_dir)?;
+            std::io::stdout()
+                .lock()
+                .write_all(state::render(&report).as_bytes())?;
             eprintln!("wrote {} and {}", json.display(), md.display());
             Ok(())
         }

@@ -79,6 +79,26 @@ pub fn git_commit() -> Option<String> {
     })
 }
 
+/// Tracked files with uncommitted changes (`git status --porcelain`, untracked files
+/// left out): what `-dirty` in [`git_commit`] stands for. Empty when clean or unknown.
+pub fn uncommitted_paths() -> Vec<String> {
+    // Not `command_output`: trimming would eat the first line's leading status column.
+    let Ok(out) = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    if !out.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.get(3..))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The command line of this process, quoted for a POSIX shell.
 pub fn command_line() -> String {
     std::env::args()

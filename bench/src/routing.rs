@@ -148,8 +148,8 @@ fn histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
-/// Parses `x-aigw-overhead-ms` (milliseconds, three decimals) into µs.
-fn overhead_us(headers: &http::HeaderMap) -> anyhow::Result<u64> {
+/// Parses `x-aigw-overhead-ms` (milliseconds, three decimals) into µs (at least 1).
+pub fn overhead_us(headers: &http::HeaderMap) -> anyhow::Result<u64> {
     let text = headers
         .get("x-aigw-overhead-ms")
         .context("the gateway sent no x-aigw-overhead-ms")?
