@@ -56,6 +56,18 @@ pub struct Applied {
     key: BudgetKey,
 }
 
+impl Applied {
+    /// The policy in force, its limits after any admin override.
+    pub fn policy(&self) -> &PolicyConfig {
+        &self.policy
+    }
+
+    /// The session's ledger entry in the current window.
+    pub fn key(&self) -> &BudgetKey {
+        &self.key
+    }
+}
+
 impl Budgets {
     /// Budgets over `ledger`, publishing to `events`.
     pub fn new(

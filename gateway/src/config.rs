@@ -73,6 +73,7 @@ pub struct RawConfig {
     budgets: RawBudgets,
     #[serde(default)]
     cache: RawCache,
+    discord: Option<crate::discord::config::RawDiscord>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -349,6 +350,8 @@ pub struct Config {
     pub budgets: BudgetsConfig,
     /// The response cache.
     pub cache: CacheConfig,
+    /// The Discord integration, if configured.
+    pub discord: Option<crate::discord::DiscordConfig>,
 
     /// Models served in-process.
     pub local: LocalConfig,
@@ -723,6 +726,7 @@ impl Config {
             },
             admin_key: None,
             cache: CacheConfig::default(),
+            discord: None,
             budgets: BudgetsConfig {
                 reservation_ttl: Duration::from_secs(600),
                 default_max_tokens: 1024,
@@ -1028,6 +1032,10 @@ impl Config {
         }
 
         let budgets = budgets_config(raw.budgets, &aliases)?;
+        let discord = match raw.discord {
+            Some(d) => Some(d.validate(&aliases, &budgets)?),
+            None => None,
+        };
         let defaults = CacheConfig::default();
         let cache = CacheConfig {
             enabled: raw.cache.enabled.unwrap_or(defaults.enabled),
@@ -1060,6 +1068,7 @@ impl Config {
             admin_key,
             budgets,
             cache,
+            discord,
             models,
             routing: RoutingConfig {
                 breaker: routing.breaker,

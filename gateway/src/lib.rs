@@ -16,12 +16,14 @@
 //! - [`openapi`]: the generated OpenAPI document.
 //! - [`state`]: the shared [`state::AppState`].
 //! - [`models_cli`]: `aigw models fetch|list` over the model catalog of `aigw-models`.
+//! - [`discord`]: the Discord integration (slash commands over HTTP interactions).
 
 pub mod auth;
 pub mod breaker;
 pub mod budget;
 pub mod cache;
 pub mod config;
+pub mod discord;
 pub mod error;
 pub mod extract;
 pub mod health;

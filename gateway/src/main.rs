@@ -1,4 +1,4 @@
-//! The `aigw` command: `serve` and `config check`.
+//! The `aigw` command: `serve`, `config check`, `models …` and `discord …`.
 
 #![allow(
     clippy::print_stdout,
@@ -53,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: aigw_gateway::models_cli::ModelsCommand,
     },
+    /// The Discord integration: register its slash commands.
+    Discord {
+        #[command(subcommand)]
+        command: aigw_gateway::discord::cli::DiscordCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { file },
         } => check(&file),
         Command::Models { command } => aigw_gateway::models_cli::run(command),
+        Command::Discord { command } => aigw_gateway::discord::cli::run(command),
     }
 }
 

@@ -87,6 +87,7 @@ impl Modify for ApiKeyAuth {
         routes::admin::get_budget,
         routes::admin::set_budget,
         routes::admin::reset_budget,
+        crate::discord::interactions,
     ),
     components(schemas(wire::ChatCompletionChunk, wire::ErrorResponse)),
     modifiers(&ApiKeyAuth),
@@ -94,6 +95,7 @@ impl Modify for ApiKeyAuth {
         (name = "OpenAI", description = "The OpenAI-compatible API"),
         (name = "Operations", description = "Health, readiness and metrics"),
         (name = "Admin", description = "Session budgets (admin key)"),
+        (name = "Discord", description = "Discord's HTTP interactions (when `[discord]` is configured)"),
     )
 )]
 pub struct ApiDoc;

@@ -80,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin)
         .merge(ops)
         .merge(docs)
+        .merge(crate::discord::router(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(server.max_body_bytes))
@@ -123,7 +124,7 @@ fn request_ctx<'a>(
 
 /// The body of the chat and completion handlers: resolve the alias, apply the session's
 /// budget, answer from the cache or run the pipeline.
-async fn generate<G: Cacheable>(
+pub(crate) async fn generate<G: Cacheable>(
     state: &AppState,
     principal: &Principal,
     timing: &RequestTiming,

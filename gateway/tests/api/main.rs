@@ -13,6 +13,7 @@ mod azure;
 mod budgets;
 mod cache;
 mod chat;
+mod discord;
 mod errors;
 mod limits;
 mod mock;
