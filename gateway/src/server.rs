@@ -1,6 +1,6 @@
 //! Binding and serving: the outer tower layers (request id, tracing, CORS), the background
-//! health prober, and graceful shutdown that lets in-flight requests and streams finish
-//! within the configured grace period.
+//! health prober, and graceful shutdown that lets in-flight requests, streams and background
+//! work (see [`AppState::background`]) finish within the configured grace period.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -59,7 +59,7 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then waits for in-flight requests
-/// (streams included) for at most the configured grace period.
+/// (streams included) and background work for at most the configured grace period.
 pub async fn run(
     listener: TcpListener,
     state: AppState,
@@ -67,9 +67,13 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let grace = state.config().server.shutdown_grace;
     let probers = crate::health::spawn_probers(state.routes(), state.metrics());
+    let background = state.background().clone();
+    let stopped_at = std::sync::Arc::new(std::sync::OnceLock::new());
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal_at = std::sync::Arc::clone(&stopped_at);
     let signal = async move {
         shutdown.await;
+        let _ = signal_at.set(tokio::time::Instant::now());
         tracing::info!(
             grace_secs = grace.as_secs(),
             "shutting down: draining in-flight requests"
@@ -98,6 +102,21 @@ pub async fn run(
     };
     for p in &probers {
         p.abort();
+    }
+    background.close();
+    if let Some(&at) = stopped_at.get()
+        && !background.is_empty()
+    {
+        tracing::info!(tasks = background.len(), "waiting for background work");
+        if tokio::time::timeout_at(at + grace, background.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = background.len(),
+                "grace period over: abandoning background work"
+            );
+        }
     }
     result
 }

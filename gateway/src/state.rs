@@ -96,6 +96,7 @@ struct Inner {
     cache: Arc<Cache>,
     redis: Option<RedisState>,
     events: Option<BroadcastSink>,
+    background: tokio_util::task::TaskTracker,
 }
 
 impl AppState {
@@ -180,6 +181,7 @@ impl AppState {
                 cache,
                 redis,
                 events,
+                background: tokio_util::task::TaskTracker::new(),
                 config,
             }),
         })
@@ -238,5 +240,11 @@ impl AppState {
     /// The in-process models.
     pub fn local_models(&self) -> &[LocalModel] {
         &self.inner.local
+    }
+
+    /// Work that outlives the request that started it (Discord answers): shutdown waits for
+    /// it within the grace period, as for requests.
+    pub fn background(&self) -> &tokio_util::task::TaskTracker {
+        &self.inner.background
     }
 }

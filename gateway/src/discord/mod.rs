@@ -171,7 +171,10 @@ impl Discord {
             session = %job.channel.session(),
         );
         let discord = self.clone();
-        tokio::spawn(async move { discord.complete(job).await }.instrument(span));
+        self.inner
+            .app
+            .background()
+            .spawn(async move { discord.complete(job).await }.instrument(span));
     }
 
     /// Runs the command and posts its answer: the first message replaces `@original`, the

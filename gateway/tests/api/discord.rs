@@ -217,7 +217,7 @@ struct Harness {
     up: Upstream,
     discord: MockDiscord,
     /// The server, when it is a whole gateway.
-    _gw: Option<Gateway>,
+    gw: Option<Gateway>,
 }
 
 fn signing_key() -> SigningKey {
@@ -282,7 +282,7 @@ impl Harness {
             key,
             up,
             discord,
-            _gw: Some(gw),
+            gw: Some(gw),
         }
     }
 
@@ -513,6 +513,26 @@ async fn ask_is_deferred_then_answered_through_the_pipeline() {
 }
 
 #[tokio::test]
+async fn shutdown_waits_for_answers_in_progress() {
+    let mut h = Harness::start(1000, "").await;
+    let resp = h
+        .interact(&ask("tok-sd", CHANNEL, "slow: last words"))
+        .await;
+    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"type": 5}));
+    // SIGTERM while the answer is still being computed: the server drains it first.
+    let started = Instant::now();
+    h.gw.take().unwrap().stop().await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let calls = h.discord.calls();
+    assert_eq!(calls.len(), 1, "answered before the server stopped");
+    assert_eq!(calls[0].body["content"], "You asked: slow: last words");
+}
+
+#[tokio::test]
 async fn deterministic_asks_are_served_from_the_cache() {
     let h = Harness::start(1000, "temperature = 0").await;
     let first = answer(&h, ask("tok-c1", CHANNEL, "Who rules Waterdeep?")).await;
@@ -693,7 +713,7 @@ async fn transcript_and_recap_read_the_voice_session() {
         key,
         up,
         discord,
-        _gw: None,
+        gw: None,
     };
 
     let text = answer(
