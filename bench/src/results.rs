@@ -99,6 +99,66 @@ pub fn uncommitted_paths() -> Vec<String> {
         .collect()
 }
 
+/// CPU time counters at one instant, for telling how busy the rest of the machine was
+/// during a run (all in clock ticks, `USER_HZ`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuSample {
+    /// Busy time of every CPU (`/proc/stat`: all but idle and iowait).
+    pub machine_busy: u64,
+    /// Busy plus idle time of every CPU.
+    pub machine_total: u64,
+    /// This process's time plus that of its children it has waited for
+    /// (`/proc/self/stat`: utime, stime, cutime, cstime).
+    pub ours: u64,
+}
+
+impl CpuSample {
+    /// Reads the counters now; zeros where `/proc` cannot be read.
+    pub fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let (machine_busy, machine_total) = parse_proc_stat(&stat).unwrap_or_default();
+        Self {
+            machine_busy,
+            machine_total,
+            ours: parse_self_stat(&own).unwrap_or_default(),
+        }
+    }
+
+    /// The share of the machine's CPU time between `self` and `later` used by processes
+    /// other than this one and its waited-for children (0 to 1); `None` when unknown.
+    pub fn others_share(&self, later: &Self) -> Option<f64> {
+        let total = later.machine_total.checked_sub(self.machine_total)?;
+        let busy = later.machine_busy.checked_sub(self.machine_busy)?;
+        let ours = later.ours.checked_sub(self.ours)?;
+        (total > 0).then(|| busy.saturating_sub(ours) as f64 / total as f64)
+    }
+}
+
+/// (busy, total) ticks from the `cpu` line of `/proc/stat`.
+fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice: inside user/nice]
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// utime + stime + cutime + cstime from `/proc/self/stat`.
+fn parse_self_stat(text: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces: count fields after its `)`.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime is field 14, cstime field 17.
+    (11..=14).map(|i| f.get(i)?.parse::<u64>().ok()).sum()
+}
+
 /// The command line of this process, quoted for a POSIX shell.
 pub fn command_line() -> String {
     std::env::args()
@@ -241,6 +301,26 @@ mod tests {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn cpu_counters() {
+        let stat = "cpu  100 5 50 800 20 1 2 3 0 0\ncpu0 1 2 3 4\n";
+        assert_eq!(parse_proc_stat(stat), Some((161, 981)));
+        let own = "1234 (aigw bench) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15";
+        assert_eq!(parse_self_stat(own), Some(11 + 12 + 13 + 14));
+        let a = CpuSample {
+            machine_busy: 100,
+            machine_total: 1000,
+            ours: 40,
+        };
+        let b = CpuSample {
+            machine_busy: 700,
+            machine_total: 2000,
+            ours: 340,
+        };
+        assert_eq!(a.others_share(&b), Some(0.3));
+        assert!(CpuSample::now().machine_total > 0);
     }
 
     #[test]

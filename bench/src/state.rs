@@ -40,7 +40,9 @@ use crate::client::{Connection, Target};
 use crate::overhead::TargetCheck;
 use crate::procs::{ChildGuard, TempFile, free_port, spawn_aigw, spawn_mock};
 use crate::report_md::{provenance, targets_table};
-use crate::results::{Machine, UtcTime, command_line, git_commit, uncommitted_paths, write_pair};
+use crate::results::{
+    CpuSample, Machine, UtcTime, command_line, git_commit, uncommitted_paths, write_pair,
+};
 use crate::routing::overhead_us;
 use crate::stats::{LatencySummary, fmt_us, new_histogram};
 
@@ -213,6 +215,11 @@ pub struct StateReport {
     pub uncommitted: Vec<String>,
     /// The gateway binary measured.
     pub gateway_binary: String,
+    /// Share of the machine's CPU time used by other processes during the run (0 to 1):
+    /// anything above a few percent means the numbers are noisier than they should be.
+    pub other_processes_cpu_share: Option<f64>,
+    /// `/proc/loadavg` when the run started and when it ended.
+    pub loadavg: [String; 2],
     /// `redis-server --version`, when Redis was used.
     pub redis_server: Option<String>,
     /// Why the Redis parts were skipped, if they were.
@@ -556,6 +563,13 @@ async fn added_latency(
     })
 }
 
+/// The first three fields of `/proc/loadavg`.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
 /// `redis-server --version`, trimmed.
 fn redis_version() -> Option<String> {
     let out = std::process::Command::new("redis-server")
@@ -577,6 +591,8 @@ pub fn run(cfg: &StateBenchConfig) -> anyhow::Result<StateReport> {
     if cfg.duration.is_zero() {
         bail!("--duration must be positive");
     }
+    let loadavg_start = loadavg();
+    let cpu_start = CpuSample::now();
     let runtime = crate::build_runtime(1)?;
     let redis = RedisServer::start();
     let redis_skipped = redis
@@ -613,6 +629,7 @@ pub fn run(cfg: &StateBenchConfig) -> anyhow::Result<StateReport> {
     drop(mock);
     let redis_server = redis.as_ref().and_then(|_| redis_version());
     drop(redis);
+    let other_processes_cpu_share = cpu_start.others_share(&CpuSample::now());
 
     let targets = check_targets(
         &cache_hits,
@@ -629,6 +646,8 @@ pub fn run(cfg: &StateBenchConfig) -> anyhow::Result<StateReport> {
         git_commit: git_commit(),
         uncommitted: uncommitted_paths(),
         gateway_binary: cfg.aigw.display().to_string(),
+        other_processes_cpu_share,
+        loadavg: [loadavg_start, loadavg()],
         redis_server,
         redis_skipped,
         cache_body: CACHE_BODY,
@@ -746,6 +765,22 @@ pub fn render(r: &StateReport) -> String {
                 .map(|p| format!("`{p}`"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+    }
+    if let Some(share) = r.other_processes_cpu_share {
+        let _ = writeln!(
+            out,
+            "Other processes used {:.1} % of the machine's CPU time during the run (load \
+             average {} at the start, {} at the end){}.\n",
+            share * 100.0,
+            r.loadavg[0],
+            r.loadavg[1],
+            if share > 0.05 {
+                ": the machine was not idle, so the latencies, the tails above all, are \
+                 inflated by that work"
+            } else {
+                ""
+            }
         );
     }
     let _ = writeln!(
