@@ -97,6 +97,10 @@ struct RawLocal {
     prefill_chunk: Option<usize>,
     embedding_concurrency: Option<usize>,
     threads: Option<usize>,
+    transcription_workers: Option<usize>,
+    transcription_threads: Option<usize>,
+    transcription_queue: Option<usize>,
+    max_audio_secs: Option<f64>,
     #[serde(default)]
     models: Vec<RawLocalModel>,
 }
@@ -385,6 +389,14 @@ pub struct LocalConfig {
     pub embedding_concurrency: usize,
     /// Compute threads per chat engine (0: one per core).
     pub threads: usize,
+    /// Transcriptions running at once per speech-to-text model.
+    pub transcription_workers: usize,
+    /// Compute threads per transcription (0: one per core).
+    pub transcription_threads: usize,
+    /// Most transcriptions waiting per model before 429s.
+    pub transcription_queue: usize,
+    /// Longest audio a local speech-to-text model accepts, in seconds (longer: 413).
+    pub max_audio_secs: f64,
     /// The models.
     pub models: Vec<LocalModelConfig>,
 }
@@ -399,6 +411,10 @@ impl Default for LocalConfig {
             prefill_chunk: 512,
             embedding_concurrency: 1,
             threads: 0,
+            transcription_workers: 1,
+            transcription_threads: 0,
+            transcription_queue: 16,
+            max_audio_secs: 1800.0,
             models: Vec::new(),
         }
     }
@@ -411,6 +427,8 @@ pub enum LocalKind {
     Chat,
     /// Embeddings.
     Embedding,
+    /// Speech to text (whisper): transcriptions and, for multilingual models, translations.
+    Transcription,
 }
 
 /// Where a local model's weights come from.
@@ -429,7 +447,7 @@ pub struct LocalModelConfig {
     pub alias: String,
     /// Where its weights are.
     pub source: LocalSource,
-    /// Chat or embedding.
+    /// Chat, embedding or transcription.
     pub kind: LocalKind,
 }
 
@@ -739,7 +757,8 @@ impl Config {
         }
     }
 
-    /// The embedded default: the catalog's default chat and embedding models, in-process.
+    /// The embedded default: the catalog's default chat, embedding and speech-to-text models,
+    /// in-process.
     pub fn embedded_default() -> Self {
         let mut config = Self::empty();
         config.local.models = aigw_models::catalog::Catalog::builtin()
@@ -748,6 +767,7 @@ impl Config {
                 let kind = match entry.kind {
                     aigw_models::catalog::ModelKind::Chat => LocalKind::Chat,
                     aigw_models::catalog::ModelKind::Embedding => LocalKind::Embedding,
+                    aigw_models::catalog::ModelKind::SpeechToText => LocalKind::Transcription,
                     _ => return None,
                 };
                 Some(LocalModelConfig {
@@ -1354,21 +1374,23 @@ fn local_config(raw: RawLocal, aliases: &mut HashSet<String>) -> Result<LocalCon
             _ => {
                 return Err(invalid(
                     path,
-                    "set exactly one of `model` (a catalog id) or `path` (a GGUF file or model directory)",
+                    "set exactly one of `model` (a catalog id) or `path` (a GGUF file, model directory or whisper ggml file)",
                 ));
             }
         };
         let kind = match (m.kind.as_deref(), catalog_kind) {
             (Some("chat"), _) => LocalKind::Chat,
             (Some("embedding"), _) => LocalKind::Embedding,
+            (Some("transcription"), _) => LocalKind::Transcription,
             (Some(other), _) => {
                 return Err(invalid(
                     format!("{path}.kind"),
-                    format!("'{other}' is not chat or embedding"),
+                    format!("'{other}' is not chat, embedding or transcription"),
                 ));
             }
             (None, Some(aigw_models::catalog::ModelKind::Chat)) => LocalKind::Chat,
             (None, Some(aigw_models::catalog::ModelKind::Embedding)) => LocalKind::Embedding,
+            (None, Some(aigw_models::catalog::ModelKind::SpeechToText)) => LocalKind::Transcription,
             (None, Some(other)) => {
                 return Err(invalid(
                     format!("{path}.model"),
@@ -1381,7 +1403,7 @@ fn local_config(raw: RawLocal, aliases: &mut HashSet<String>) -> Result<LocalCon
             (None, None) => {
                 return Err(invalid(
                     format!("{path}.kind"),
-                    "required with `path`: chat or embedding",
+                    "required with `path`: chat, embedding or transcription",
                 ));
             }
         };
@@ -1402,6 +1424,25 @@ fn local_config(raw: RawLocal, aliases: &mut HashSet<String>) -> Result<LocalCon
             .unwrap_or(defaults.embedding_concurrency)
             .max(1),
         threads: raw.threads.unwrap_or(0),
+        transcription_workers: raw
+            .transcription_workers
+            .unwrap_or(defaults.transcription_workers)
+            .max(1),
+        transcription_threads: raw.transcription_threads.unwrap_or(0),
+        transcription_queue: raw
+            .transcription_queue
+            .unwrap_or(defaults.transcription_queue)
+            .max(1),
+        max_audio_secs: match raw.max_audio_secs {
+            None => defaults.max_audio_secs,
+            Some(s) if s.is_finite() && s > 0.0 => s,
+            Some(_) => {
+                return Err(invalid(
+                    "local.max_audio_secs",
+                    "must be a positive number of seconds",
+                ));
+            }
+        },
         models,
     })
 }

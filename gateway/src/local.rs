@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use aigw_audio::whisper::{WhisperConfig, WhisperModel};
 use aigw_inference::embed::EmbeddingModel;
 use aigw_inference::llm::engine::{EngineConfig, LlmEngine};
 use aigw_models::catalog::Catalog;
@@ -16,6 +17,7 @@ use crate::config::{DeviceSpec, LocalConfig, LocalKind, LocalModelConfig, LocalS
 use crate::providers::Provider;
 use crate::providers::local_chat::LocalChatProvider;
 use crate::providers::local_embed::LocalEmbeddingProvider;
+use crate::providers::local_transcribe::LocalTranscriptionProvider;
 
 /// A started local model.
 pub struct LocalModel {
@@ -25,6 +27,8 @@ pub struct LocalModel {
     pub provider: Arc<dyn Provider>,
     /// The chat engine, for load reports (none for embedding models).
     pub engine: Option<Arc<LlmEngine>>,
+    /// The speech-to-text model, for load reports.
+    pub transcriber: Option<Arc<WhisperModel>>,
     /// The limits it runs with.
     pub max_batch: usize,
     /// Most requests waiting before 429s.
@@ -42,7 +46,7 @@ fn device(spec: DeviceSpec) -> anyhow::Result<candle_core::Device> {
     })
 }
 
-/// Where a model's weights are: the GGUF file or model directory.
+/// Where a model's weights are: the GGUF file, the model directory or the ggml file.
 fn weights_path(m: &LocalModelConfig, model_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     match &m.source {
         LocalSource::Path(p) => {
@@ -66,7 +70,7 @@ fn weights_path(m: &LocalModelConfig, model_dir: &std::path::Path) -> anyhow::Re
                 model_dir.display()
             );
             Ok(match m.kind {
-                LocalKind::Chat => resolved
+                LocalKind::Chat | LocalKind::Transcription => resolved
                     .main_file()
                     .map(std::path::Path::to_path_buf)
                     .unwrap_or(resolved.dir),
@@ -110,6 +114,7 @@ pub fn start(config: &LocalConfig) -> anyhow::Result<Vec<LocalModel>> {
                     alias: m.alias.clone(),
                     provider: Arc::new(LocalChatProvider::new(name, engine.clone())),
                     engine: Some(engine),
+                    transcriber: None,
                     max_batch: config.max_batch,
                     max_queue: config.max_queue,
                     price,
@@ -126,8 +131,38 @@ pub fn start(config: &LocalConfig) -> anyhow::Result<Vec<LocalModel>> {
                         config.embedding_concurrency,
                     )),
                     engine: None,
+                    transcriber: None,
                     max_batch: aigw_inference::embed::MAX_BATCH,
                     max_queue: config.embedding_concurrency,
+                    price,
+                }
+            }
+            LocalKind::Transcription => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let whisper = WhisperConfig {
+                    workers: config.transcription_workers,
+                    threads: match config.transcription_threads {
+                        0 => (cores / config.transcription_workers).max(1),
+                        n => n,
+                    },
+                    max_queue: config.transcription_queue,
+                };
+                let model = Arc::new(
+                    WhisperModel::load(&path, whisper)
+                        .map_err(|e| anyhow::anyhow!("model '{}': {e}", m.alias))?,
+                );
+                LocalModel {
+                    alias: m.alias.clone(),
+                    provider: Arc::new(LocalTranscriptionProvider::new(
+                        name,
+                        Arc::clone(&model),
+                        whisper.workers + whisper.max_queue,
+                        config.max_audio_secs,
+                    )),
+                    engine: None,
+                    transcriber: Some(model),
+                    max_batch: whisper.workers,
+                    max_queue: whisper.max_queue,
                     price,
                 }
             }
@@ -143,7 +178,7 @@ pub fn start(config: &LocalConfig) -> anyhow::Result<Vec<LocalModel>> {
 pub struct ModelLoad {
     /// The alias.
     pub model: String,
-    /// `chat` or `embedding`.
+    /// `chat`, `embedding` or `transcription`.
     pub kind: String,
     /// Requests waiting to join the batch.
     pub queued: usize,
@@ -162,8 +197,8 @@ pub struct ModelLoad {
 impl LocalModel {
     /// This model's current load.
     pub fn load(&self) -> ModelLoad {
-        let (kind, queued, active, generated, prompt) = match &self.engine {
-            Some(e) => {
+        let (kind, queued, active, generated, prompt) = match (&self.engine, &self.transcriber) {
+            (Some(e), _) => {
                 let s = e.stats();
                 (
                     "chat",
@@ -173,7 +208,17 @@ impl LocalModel {
                     s.prompt_tokens.load(Ordering::Relaxed),
                 )
             }
-            None => ("embedding", 0, 0, 0, 0),
+            (None, Some(w)) => {
+                let s = w.stats();
+                (
+                    "transcription",
+                    s.queued.load(Ordering::Relaxed),
+                    s.active.load(Ordering::Relaxed),
+                    0,
+                    0,
+                )
+            }
+            (None, None) => ("embedding", 0, 0, 0, 0),
         };
         ModelLoad {
             model: self.alias.clone(),

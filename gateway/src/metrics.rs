@@ -30,6 +30,8 @@ pub struct Metrics {
     pub overhead: HistogramVec,
     /// Tokens by model and direction (`in`, `out`).
     pub tokens: IntCounterVec,
+    /// Seconds of audio transcribed or translated, by model.
+    pub audio_seconds: prometheus::CounterVec,
     /// Failures by route and error type.
     pub errors: IntCounterVec,
     /// Requests being served now.
@@ -97,6 +99,14 @@ impl Metrics {
             Opts::new("tokens_total", "Tokens by model and direction"),
             &["model", "direction"],
         )?;
+        let audio_seconds = prometheus::CounterVec::new(
+            Opts::new(
+                "audio_seconds_total",
+                "Seconds of audio transcribed or translated, by model",
+            ),
+            &["model"],
+        )?;
+        registry.register(Box::new(audio_seconds.clone()))?;
         let errors = IntCounterVec::new(
             Opts::new("errors_total", "Failed requests by route and error type"),
             &["route", "type"],
@@ -191,6 +201,7 @@ impl Metrics {
             time_to_first_token,
             overhead,
             tokens,
+            audio_seconds,
             errors,
             in_flight,
             deployment_up,

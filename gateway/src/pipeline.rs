@@ -608,6 +608,15 @@ pub async fn audio(
         async move { d.provider.audio(req, &call).await }
     })
     .await
-    .map(|(resp, served)| (resp, served.attempts, Arc::clone(&served.deployment.name)));
+    .map(|(resp, served)| {
+        if let Some(secs) = resp.audio_secs.filter(|s| s.is_finite() && *s > 0.0) {
+            ctx.state
+                .metrics()
+                .audio_seconds
+                .with_label_values(&[&route.alias])
+                .inc_by(secs);
+        }
+        (resp, served.attempts, Arc::clone(&served.deployment.name))
+    });
     Routed::from_parts(result)
 }

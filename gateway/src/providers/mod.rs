@@ -3,6 +3,7 @@
 //! - [`openai`]: any server speaking the OpenAI HTTP API, and Azure OpenAI.
 //! - [`anthropic`]: Anthropic's Messages API, translated both ways.
 //! - [`local_chat`], [`local_embed`]: the in-process candle engines of the `inference` crate.
+//! - [`local_transcribe`]: in-process whisper (the `audio` crate) for the audio endpoints.
 //! - [`sse`]: incremental decoding of `text/event-stream` bodies.
 //!
 //! A provider receives requests whose `model` is already the provider's own model name and
@@ -12,6 +13,7 @@
 pub mod anthropic;
 pub mod local_chat;
 pub mod local_embed;
+pub mod local_transcribe;
 pub mod openai;
 pub mod sse;
 
@@ -151,6 +153,8 @@ pub struct AudioResponse {
     pub content_type: String,
     /// Its body.
     pub body: Bytes,
+    /// Seconds of audio it covers, when the provider knows (the usage of audio models).
+    pub audio_secs: Option<f64>,
 }
 
 /// An upstream that serves OpenAI-style requests.

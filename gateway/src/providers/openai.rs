@@ -426,7 +426,12 @@ impl Provider for OpenAiProvider {
             .unwrap_or("application/json")
             .to_string();
         let body = resp.bytes().await.map_err(map_reqwest)?;
-        Ok(AudioResponse { content_type, body })
+        let audio_secs = audio_seconds(&content_type, &body);
+        Ok(AudioResponse {
+            content_type,
+            body,
+            audio_secs,
+        })
     }
 
     async fn health(&self) -> Result<(), ProviderError> {
@@ -577,4 +582,20 @@ mod azure {
             })
             .boxed()
     }
+}
+
+/// The audio seconds a JSON transcription reports: `usage.seconds` (billed by duration),
+/// else `duration` (`verbose_json`).
+fn audio_seconds(content_type: &str, body: &[u8]) -> Option<f64> {
+    if !content_type.starts_with("application/json") {
+        return None;
+    }
+    let json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let usage = &json["usage"];
+    if usage["type"] == "duration"
+        && let Some(secs) = usage["seconds"].as_f64()
+    {
+        return Some(secs);
+    }
+    json["duration"].as_f64()
 }

@@ -1,7 +1,9 @@
-//! `POST /v1/audio/transcriptions` and `/v1/audio/translations`: multipart forms forwarded to
-//! the upstream that serves the model; its answer (json, text, srt, vtt) is passed through.
+//! `POST /v1/audio/transcriptions` and `/v1/audio/translations`: multipart forms served by a
+//! local whisper model or forwarded to the upstream that serves the model; its answer (json,
+//! text, srt, vtt, verbose_json) is passed through. The audio's seconds are the request's
+//! usage: metered, and settled against the session's budget (`audio_secs` ceilings).
 
-use aigw_models::openai::{TranscriptionForm, TranscriptionResponse};
+use aigw_models::openai::{TranscriptionBody, TranscriptionForm};
 use axum::Extension;
 use axum::extract::multipart::{Multipart, MultipartError};
 use axum::extract::{FromRequest, Request, State};
@@ -11,6 +13,7 @@ use http::StatusCode;
 
 use super::{labelled, request_ctx};
 use crate::auth::Principal;
+use crate::budget;
 use crate::error::GatewayError;
 use crate::openapi::ApiErrors;
 use crate::pipeline;
@@ -27,7 +30,7 @@ use crate::telemetry::RequestTiming;
     responses(
         (status = 200, description = "The transcript: JSON for `json`/`verbose_json`, plain text for `text`/`srt`/`vtt`",
             content(
-                (TranscriptionResponse = "application/json"),
+                (TranscriptionBody = "application/json"),
                 (String = "text/plain"),
             )),
         ApiErrors,
@@ -60,7 +63,7 @@ pub async fn create_transcription(
     responses(
         (status = 200, description = "The English text: JSON for `json`/`verbose_json`, plain text for `text`/`srt`/`vtt`",
             content(
-                (TranscriptionResponse = "application/json"),
+                (TranscriptionBody = "application/json"),
                 (String = "text/plain"),
             )),
         ApiErrors,
@@ -92,7 +95,8 @@ async fn serve(
     task: AudioTask,
     route_name: &'static str,
 ) -> Response {
-    let ctx = request_ctx(&state, &principal, &timing, req.headers(), route_name);
+    let headers = req.headers().clone();
+    let ctx = request_ctx(&state, &principal, &timing, &headers, route_name);
     let form = match read_form(&state, req, task).await {
         Ok(form) => form,
         Err(e) => return e.into_response(),
@@ -101,14 +105,48 @@ async fn serve(
         Ok(route) => route,
         Err(e) => return e.into_response(),
     };
-    let result = pipeline::audio(&ctx, route, form).await.map(|resp| {
+    let budgets = state.budgets();
+    let session = budgets.session(&principal, &headers, None);
+    let admission = match budgets.applied(&session).await {
+        // The length is known only once decoded: a second is held, the rest settled after.
+        Ok(Some(applied)) => {
+            let estimate = audio_amount(1.0);
+            match budgets.admit(applied, estimate, 0, route.price).await {
+                Ok(admission) => Some(admission),
+                Err(e) => return labelled(&route.alias, e),
+            }
+        }
+        Ok(None) => None,
+        Err(e) => return labelled(&route.alias, e),
+    };
+    let routed = pipeline::audio(&ctx, route, form).await;
+    let mut remaining = admission.as_ref().and_then(|a| a.remaining_header());
+    if let (Ok(resp), Some(admission)) = (&routed.result, admission) {
+        // Without a known length the reservation is released (dropped).
+        if let Some(secs) = resp.audio_secs {
+            remaining = admission.settle(audio_amount(secs)).await.or(remaining);
+        }
+    }
+    let result = routed.map(|resp| {
         (
             StatusCode::OK,
             [(http::header::CONTENT_TYPE, resp.content_type)],
             resp.body,
         )
     });
-    labelled(&route.alias, result)
+    let mut resp = labelled(&route.alias, result);
+    if let Some(value) = remaining.and_then(|r| http::HeaderValue::from_str(&r).ok()) {
+        resp.headers_mut().insert(budget::REMAINING_HEADER, value);
+    }
+    resp
+}
+
+/// The budget spend of `secs` of audio.
+fn audio_amount(secs: f64) -> aigw_state::budget::Amount {
+    aigw_state::budget::Amount {
+        audio_ms: (secs.max(0.0) * 1000.0).round() as u64,
+        ..aigw_state::budget::Amount::default()
+    }
 }
 
 /// Reads the multipart form: `file` and `model` are required, other fields are kept.

@@ -158,7 +158,7 @@ def local_check(fn):
 @local_check
 def local_models_listed():
     ids = [m.id for m in client.models.list()]
-    assert ids == ["smollm2-135m-instruct", "all-minilm-l6-v2"], ids
+    assert ids == ["smollm2-135m-instruct", "all-minilm-l6-v2", "whisper-tiny.en"], ids
 
 
 @local_check
@@ -219,6 +219,57 @@ def local_embeddings():
     assert abs(dot(vecs[0], vecs[0]) - 1) < 1e-4
     assert dot(vecs[0], vecs[1]) > dot(vecs[0], vecs[2]), "paraphrases are closer"
     assert r.usage.prompt_tokens > 6
+
+
+def speech_wav():
+    """espeak-ng's rendering of a sentence tiny.en hears well, as wav bytes."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".wav") as f:
+        subprocess.run(
+            ["espeak-ng", "-v", "en-us", "-s", "120", "-w", f.name,
+             "The quick brown fox jumps over the lazy dog. A game master rolls the dice for the party."],
+            check=True,
+        )
+        return f.read()
+
+
+def heard(text):
+    words = "".join(c if c.isalnum() else " " for c in text.lower()).split()
+    missing = [w for w in ("quick", "fox", "lazy", "dog", "dice", "party") if w not in words]
+    assert not missing, f"{missing} not heard in {text!r}"
+
+
+@local_check
+def local_transcriptions():
+    wav = speech_wav()
+    audio = client.audio.transcriptions
+    r = audio.create(model="whisper-tiny.en", file=("clip.wav", wav))
+    heard(r.text)
+    assert r.usage.type == "duration" and r.usage.seconds == 9, r.usage
+    text = audio.create(model="whisper-tiny.en", file=("clip.wav", wav), response_format="text")
+    assert isinstance(text, str) and text.strip() == r.text, (text, r.text)
+    for fmt, start in (("srt", "1\n00:00:00,000 --> "), ("vtt", "WEBVTT\n\n00:00:00.000 --> ")):
+        sub = audio.create(model="whisper-tiny.en", file=("clip.wav", wav), response_format=fmt)
+        assert isinstance(sub, str) and sub.startswith(start), (fmt, sub)
+        heard(sub)
+    v = audio.create(
+        model="whisper-tiny.en", file=("clip.wav", wav), response_format="verbose_json",
+        timestamp_granularities=["word", "segment"], language="en", temperature=0,
+    )
+    assert v.language == "english" and 8.0 < v.duration < 8.1, (v.language, v.duration)
+    heard(v.text)
+    assert v.segments and v.segments[0].start == 0.0 and v.segments[-1].end <= 8.5, v.segments
+    assert all(s.avg_logprob < 0 and 0 <= s.no_speech_prob <= 1 for s in v.segments)
+    heard(" ".join(w.word for w in v.words))
+    assert all(a.start <= b.start for a, b in zip(v.words, v.words[1:])), v.words
+    e = expect_error(openai.BadRequestError, 400, lambda: client.audio.translations.create(
+        model="whisper-tiny.en", file=("clip.wav", wav)))
+    assert "English-only" in e.body["message"], e.body
+    e = expect_error(openai.BadRequestError, 400, lambda: audio.create(
+        model="whisper-tiny.en", file=("clip.mp3", b"not audio at all" * 100)))
+    assert e.body["param"] == "file", e.body
 
 
 if MODE == "local":

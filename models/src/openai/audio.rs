@@ -41,3 +41,92 @@ pub struct TranscriptionResponse {
     #[schema(ignore)]
     pub extra: Extra,
 }
+
+/// The `usage` of a transcription billed by audio duration (whisper).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TranscriptionUsage {
+    /// Always `duration`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Seconds of input audio.
+    pub seconds: f64,
+}
+
+impl TranscriptionUsage {
+    /// The usage of `seconds` of audio.
+    pub fn duration(seconds: f64) -> Self {
+        Self {
+            kind: "duration".into(),
+            seconds,
+        }
+    }
+}
+
+/// One segment of a `verbose_json` transcript.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TranscriptionSegment {
+    /// Index of the segment.
+    pub id: u32,
+    /// Seek offset of the segment (10 ms frames).
+    pub seek: u32,
+    /// Start time in seconds.
+    pub start: f64,
+    /// End time in seconds.
+    pub end: f64,
+    /// Its text.
+    pub text: String,
+    /// Its text token ids.
+    pub tokens: Vec<i32>,
+    /// The sampling temperature used.
+    pub temperature: f64,
+    /// Mean log probability of its tokens (below -1: decoding likely failed).
+    pub avg_logprob: f64,
+    /// Text length over zlib-compressed length (above 2.4: likely repetitive garbage).
+    pub compression_ratio: f64,
+    /// Probability that it holds no speech.
+    pub no_speech_prob: f64,
+}
+
+/// One word of a `verbose_json` transcript (`timestamp_granularities[]=word`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TranscriptionWord {
+    /// The word.
+    pub word: String,
+    /// Start time in seconds.
+    pub start: f64,
+    /// End time in seconds.
+    pub end: f64,
+}
+
+/// The `verbose_json` response of a transcription or translation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TranscriptionVerbose {
+    /// `transcribe` or `translate`.
+    pub task: String,
+    /// The language of the audio, in English (`english`).
+    pub language: String,
+    /// Length of the audio in seconds.
+    pub duration: f64,
+    /// The whole text.
+    pub text: String,
+    /// The segments (unless only word timestamps were asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segments: Option<Vec<TranscriptionSegment>>,
+    /// The words (with `timestamp_granularities[]=word`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub words: Option<Vec<TranscriptionWord>>,
+    /// Audio seconds billed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TranscriptionUsage>,
+}
+
+/// A JSON transcription answer: `json` (`text`, `usage`) or `verbose_json` (documentation
+/// schema).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum TranscriptionBody {
+    /// `verbose_json`.
+    Verbose(TranscriptionVerbose),
+    /// `json`.
+    Json(TranscriptionResponse),
+}
