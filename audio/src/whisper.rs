@@ -540,8 +540,14 @@ fn set_abort_flag(params: &mut FullParams<'_, '_>, flag: &Arc<AtomicBool>) {
     }
 }
 
+/// Adds a finished word, without its spaces and surrounding punctuation (as OpenAI's words
+/// are); punctuation alone is no word.
 fn push_word(words: &mut Vec<Word>, (bytes, start, end): (Vec<u8>, f64, f64)) {
-    let word = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let text = String::from_utf8_lossy(&bytes);
+    let word = text
+        .trim()
+        .trim_matches(|c: char| c.is_ascii_punctuation() && c != '\'')
+        .to_owned();
     if !word.is_empty() {
         words.push(Word { word, start, end });
     }
@@ -565,6 +571,16 @@ fn compression_ratio(text: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_lose_their_spaces_and_punctuation() {
+        let mut words = Vec::new();
+        for w in [" dog.", " \"Hello,", " don't", " -", " 5%"] {
+            push_word(&mut words, (w.as_bytes().to_vec(), 1.0, 2.0));
+        }
+        let got: Vec<&str> = words.iter().map(|w| w.word.as_str()).collect();
+        assert_eq!(got, ["dog", "Hello", "don't", "5"]);
+    }
 
     #[test]
     fn compression_ratio_flags_repetition() {

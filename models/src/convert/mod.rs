@@ -37,6 +37,15 @@ pub enum Conversion {
 }
 
 impl Conversion {
+    /// What it does, for progress messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::WhisperCt2ToGgml => {
+                "converting the CTranslate2 whisper model to whisper.cpp's ggml"
+            }
+        }
+    }
+
     /// The input files, relative to the directory the catalog names.
     pub fn inputs(self) -> &'static [&'static str] {
         match self {
