@@ -3,9 +3,14 @@
 //! Layout (one module per concern):
 //! - transcription: [`decode`] (symphonia decoding, downmix, windowed-sinc resampling to
 //!   16 kHz mono) and [`whisper`] (whisper-rs on a bounded pool of its own threads);
-//! - diarisation models in candle: PyanNet segmentation-3.0 with powerset decoding, CAM++
-//!   speaker embeddings over a Kaldi-compatible fbank front end;
+//! - diarisation models in candle: [`segmentation`] (PyanNet segmentation-3.0 with powerset
+//!   decoding), [`campplus`] (CAM++ speaker embeddings) over [`fbank`] (Kaldi-compatible
+//!   log-mel filterbanks);
 //! - streaming diarisation (rolling buffer, clustering) on top of those.
 
+pub mod campplus;
 pub mod decode;
+pub mod fbank;
+pub mod segmentation;
+mod weights;
 pub mod whisper;
