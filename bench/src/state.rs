@@ -162,6 +162,23 @@ pub struct CacheRun {
     pub client_latency_us: LatencySummary,
     /// The gateway's own time (`x-aigw-overhead-ms`), µs.
     pub gateway_time_us: LatencySummary,
+    /// Every request of the run: the storing one, the first hit, the warmup and the
+    /// measured ones.
+    pub requests_sent: u64,
+    /// Redis commands per request of the run (`INFO commandstats` before and after,
+    /// divided by `requests_sent`); empty in memory.
+    pub redis_per_request: Vec<RedisCommandRate>,
+}
+
+/// How often one Redis command ran per request, and Redis's own time on it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RedisCommandRate {
+    /// The command, lower case (`get`, `evalsha`, `ping`, ...).
+    pub command: String,
+    /// Calls per request.
+    pub calls_per_request: f64,
+    /// Redis's time executing it per request, µs (`usec` of `INFO commandstats`).
+    pub redis_us_per_request: f64,
 }
 
 /// One gateway of the budget + limits comparison.
@@ -175,6 +192,10 @@ pub struct SequentialSide {
     pub client_latency_us: LatencySummary,
     /// The gateway's own time (`x-aigw-overhead-ms`), µs.
     pub gateway_time_us: LatencySummary,
+    /// Every request sent to it, warmup included.
+    pub requests_sent: u64,
+    /// Redis commands per request sent (`INFO commandstats` around each of its batches).
+    pub redis_per_request: Vec<RedisCommandRate>,
 }
 
 /// The budget + limits comparison, one connection, sequential.
@@ -329,9 +350,10 @@ async fn exchange(
 }
 
 /// Stores the cached answer and waits until a request is served from it.
-async fn prime_cache(target: &Target, timeout: Duration) -> anyhow::Result<()> {
+async fn prime_cache(target: &Target, timeout: Duration) -> anyhow::Result<u64> {
     let mut conn = Connection::open(target).await?;
     let (headers, _) = exchange(&mut conn, target, timeout).await?;
+    let mut sent = 1;
     eprintln!(
         "first request: x-cache: {}",
         header(&headers, "x-cache").unwrap_or("(none)")
@@ -339,8 +361,9 @@ async fn prime_cache(target: &Target, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + FIRST_HIT_WAIT;
     loop {
         let (headers, _) = exchange(&mut conn, target, timeout).await?;
+        sent += 1;
         match header(&headers, "x-cache") {
-            Some("hit") => return Ok(()),
+            Some("hit") => return Ok(sent),
             other if Instant::now() >= deadline => bail!(
                 "no cache hit within {FIRST_HIT_WAIT:?} of storing the answer (last x-cache: {})",
                 other.unwrap_or("(none)")
@@ -352,6 +375,7 @@ async fn prime_cache(target: &Target, timeout: Duration) -> anyhow::Result<()> {
 
 /// What one worker of a cache-hit run measured.
 struct HitWorker {
+    sent: u64,
     requests: u64,
     client: Histogram<u64>,
     gateway: Histogram<u64>,
@@ -367,6 +391,7 @@ async fn hit_worker(
 ) -> anyhow::Result<HitWorker> {
     let mut conn = Connection::open(&target).await?;
     let mut out = HitWorker {
+        sent: 0,
         requests: 0,
         client: new_histogram()?,
         gateway: new_histogram()?,
@@ -377,6 +402,7 @@ async fn hit_worker(
             return Ok(out);
         }
         let (headers, took) = exchange(&mut conn, &target, timeout).await?;
+        out.sent += 1;
         let cache = header(&headers, "x-cache");
         if cache != Some("hit") {
             bail!(
@@ -397,9 +423,11 @@ async fn cache_run(
     gw: &Gateway,
     cfg: &StateBenchConfig,
     store: &'static str,
+    redis_port: Option<u16>,
 ) -> anyhow::Result<CacheRun> {
     let target = Arc::new(gw.target(CACHE_BODY, &[])?);
-    prime_cache(&target, cfg.timeout).await?;
+    let stats_before = redis_port.map(redis_commandstats).transpose()?;
+    let mut requests_sent = prime_cache(&target, cfg.timeout).await?;
     eprintln!(
         "measuring cache hits in {store}, {} connection(s), {:?} after {:?} warmup",
         cfg.connections, cfg.duration, cfg.warmup
@@ -417,6 +445,7 @@ async fn cache_run(
     while let Some(joined) = set.join_next().await {
         let w = joined.context("a cache-hit worker panicked")??;
         requests += w.requests;
+        requests_sent += w.sent;
         client.add(&w.client)?;
         gateway.add(&w.gateway)?;
     }
@@ -429,6 +458,13 @@ async fn cache_run(
         rps: requests as f64 / duration_s,
         client_latency_us: LatencySummary::from_histogram(&client),
         gateway_time_us: LatencySummary::from_histogram(&gateway),
+        requests_sent,
+        redis_per_request: match (redis_port, stats_before) {
+            (Some(port), Some(before)) => {
+                per_request(&before, &redis_commandstats(port)?, requests_sent)
+            }
+            _ => Vec::new(),
+        },
     };
     eprintln!(
         "  {} hits, {:.0} req/s, p50 {}, p99 {}",
@@ -448,6 +484,8 @@ struct Side {
     conn: Connection,
     client: Histogram<u64>,
     gateway: Histogram<u64>,
+    sent: u64,
+    redis: CommandStats,
 }
 
 /// The headers budgets and rate limits add to every answer.
@@ -458,6 +496,27 @@ const LIMIT_HEADERS: [&str; 3] = [
 ];
 
 impl Side {
+    /// Sends `n` requests one at a time, recording them when `record`, and adds the
+    /// Redis commands that ran meanwhile to the side's count.
+    async fn batch(
+        &mut self,
+        n: usize,
+        record: bool,
+        timeout: Duration,
+        redis_port: u16,
+    ) -> anyhow::Result<()> {
+        let before = redis_commandstats(redis_port)?;
+        self.send(n, record, timeout).await?;
+        self.sent += n as u64;
+        for (name, (calls, usec)) in redis_commandstats(redis_port)? {
+            let (c0, u0) = before.get(&name).copied().unwrap_or_default();
+            let entry = self.redis.entry(name).or_default();
+            entry.0 += calls.saturating_sub(c0);
+            entry.1 += usec.saturating_sub(u0);
+        }
+        Ok(())
+    }
+
     /// Sends `n` requests one at a time, recording them when `record`.
     async fn send(&mut self, n: usize, record: bool, timeout: Duration) -> anyhow::Result<()> {
         for _ in 0..n {
@@ -498,6 +557,8 @@ impl Side {
             requests: self.client.len(),
             client_latency_us: LatencySummary::from_histogram(&self.client),
             gateway_time_us: LatencySummary::from_histogram(&self.gateway),
+            requests_sent: self.sent,
+            redis_per_request: per_request(&CommandStats::new(), &self.redis, self.sent),
         }
     }
 }
@@ -508,6 +569,7 @@ async fn added_latency(
     plain: &Gateway,
     limited: &Gateway,
     cfg: &StateBenchConfig,
+    redis_port: u16,
 ) -> anyhow::Result<AddedLatency> {
     let off = ["x-aigw-cache: off".to_owned()];
     let mut sides = Vec::new();
@@ -520,6 +582,8 @@ async fn added_latency(
             target,
             client: new_histogram()?,
             gateway: new_histogram()?,
+            sent: 0,
+            redis: CommandStats::new(),
         });
     }
     for side in &mut sides {
@@ -527,7 +591,8 @@ async fn added_latency(
             "warming up `{}`: {} requests",
             side.name, cfg.warmup_requests
         );
-        side.send(cfg.warmup_requests, false, cfg.timeout).await?;
+        side.batch(cfg.warmup_requests, false, cfg.timeout, redis_port)
+            .await?;
     }
     let rounds = cfg.rounds.max(1);
     let per_round = cfg.requests.div_ceil(rounds);
@@ -539,7 +604,9 @@ async fn added_latency(
         // Alternate which gateway goes first, so neither always follows the other.
         let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
-            sides[i].send(per_round, true, cfg.timeout).await?;
+            sides[i]
+                .batch(per_round, true, cfg.timeout, redis_port)
+                .await?;
         }
     }
     let baseline = sides[0].result();
@@ -561,6 +628,87 @@ async fn added_latency(
         baseline,
         limited,
     })
+}
+
+/// How to read the Redis command counts of the report.
+const REDIS_COUNTS_NOTE: &str = "\n(Redis's `INFO commandstats` around the run. `ping` and \
+    `unwatch` are the connection pool's check of a pooled connection at every checkout \
+    (deadpool-redis's recycle, one pipelined round trip), so `ping` counts the checkouts; \
+    commands that Lua scripts run (`time`, `hincrby`, …) are counted too but cost no round \
+    trip of their own.)\n";
+
+/// Calls and time (µs) of every command, from `INFO commandstats`.
+type CommandStats = std::collections::BTreeMap<String, (u64, u64)>;
+
+/// `INFO commandstats` of the Redis server on `port` (a plain RESP exchange).
+fn redis_commandstats(port: u16) -> anyhow::Result<CommandStats> {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("cannot connect to redis-server on port {port}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"INFO commandstats\r\n")?;
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    reader.read_line(&mut head)?;
+    let len: usize = head
+        .trim_end()
+        .strip_prefix('$')
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("unexpected answer to INFO commandstats: {head:?}"))?;
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body)?;
+    Ok(parse_commandstats(&String::from_utf8_lossy(&body)))
+}
+
+/// Parses `cmdstat_get:calls=3,usec=12,...` lines.
+fn parse_commandstats(text: &str) -> CommandStats {
+    text.lines()
+        .filter_map(|line| {
+            let (name, fields) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |key: &str| {
+                fields
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+            };
+            Some((name.to_owned(), (field("calls")?, field("usec")?)))
+        })
+        .collect()
+}
+
+/// The growth of each command between two snapshots, per request, busiest first.
+fn per_request(
+    before: &CommandStats,
+    after: &CommandStats,
+    requests: u64,
+) -> Vec<RedisCommandRate> {
+    let n = requests.max(1) as f64;
+    let mut rates: Vec<RedisCommandRate> = after
+        .iter()
+        .filter(|(name, _)| name.as_str() != "info")
+        .filter_map(|(name, &(calls, usec))| {
+            let (c0, u0) = before.get(name).copied().unwrap_or_default();
+            let calls = calls.checked_sub(c0).filter(|c| *c > 0)?;
+            Some(RedisCommandRate {
+                command: name.clone(),
+                calls_per_request: calls as f64 / n,
+                redis_us_per_request: usec.saturating_sub(u0) as f64 / n,
+            })
+        })
+        .collect();
+    rates.sort_by(|a, b| b.calls_per_request.total_cmp(&a.calls_per_request));
+    rates
+}
+
+/// `` `get` 1.00, `ping` 1.00 (Redis's own time 4.1µs) ``: the commands that ran at least
+/// once per hundred requests (the gateways' periodic pings fall below).
+fn render_rates(rates: &[RedisCommandRate]) -> String {
+    let shown: Vec<String> = rates
+        .iter()
+        .filter(|r| r.calls_per_request >= 0.01)
+        .map(|r| format!("`{}` {:.2}", r.command, r.calls_per_request))
+        .collect();
+    let redis_us: f64 = rates.iter().map(|r| r.redis_us_per_request).sum();
+    format!("{} (Redis's own time {redis_us:.1}µs)", shown.join(", "))
 }
 
 /// The first three fields of `/proc/loadavg`.
@@ -610,7 +758,7 @@ pub fn run(cfg: &StateBenchConfig) -> anyhow::Result<StateReport> {
         let mut gw = Gateway::spawn(&cfg.aigw, Variant::Memory, mock_addr, None)?;
         runtime.block_on(async {
             gw.wait_healthy().await?;
-            cache_hits.push(cache_run(&gw, cfg, "memory").await?);
+            cache_hits.push(cache_run(&gw, cfg, "memory", None).await?);
             anyhow::Ok(())
         })?;
     }
@@ -621,8 +769,8 @@ pub fn run(cfg: &StateBenchConfig) -> anyhow::Result<StateReport> {
         runtime.block_on(async {
             plain.wait_healthy().await?;
             limited.wait_healthy().await?;
-            cache_hits.push(cache_run(&plain, cfg, "redis").await?);
-            budgets_and_limits = Some(added_latency(&plain, &limited, cfg).await?);
+            cache_hits.push(cache_run(&plain, cfg, "redis", Some(redis.port())).await?);
+            budgets_and_limits = Some(added_latency(&plain, &limited, cfg, redis.port()).await?);
             anyhow::Ok(())
         })?;
     }
@@ -829,6 +977,22 @@ pub fn render(r: &StateReport) -> String {
             fmt_us(c.gateway_time_us.p99 as f64),
         );
     }
+    for c in r
+        .cache_hits
+        .iter()
+        .filter(|c| !c.redis_per_request.is_empty())
+    {
+        let _ = writeln!(
+            out,
+            "\nRedis commands per request of the `{}` run ({} requests, warmup included): {}.",
+            c.store,
+            c.requests_sent,
+            render_rates(&c.redis_per_request)
+        );
+    }
+    if r.cache_hits.iter().any(|c| !c.redis_per_request.is_empty()) {
+        out.push_str(REDIS_COUNTS_NOTE);
+    }
     out.push_str(
         "\nAt 16 connections on 2 cores the client latency is mostly queueing: 16 requests \
          in flight share the cores with the load generator, the gateway and Redis, so it is \
@@ -882,6 +1046,17 @@ pub fn render(r: &StateReport) -> String {
                 signed_us(a.added_client_p99_us),
                 signed_us(a.added_gateway_p50_us),
             );
+            out.push_str(REDIS_COUNTS_NOTE.trim_start());
+            out.push('\n');
+            for side in [&a.baseline, &a.limited] {
+                let _ = writeln!(
+                    out,
+                    "Redis commands per request of `{}` ({} requests, warmup included): {}.\n",
+                    side.gateway,
+                    side.requests_sent,
+                    render_rates(&side.redis_per_request)
+                );
+            }
         }
     }
     out.push_str("## Targets\n\n");
@@ -947,6 +1122,28 @@ mod tests {
         assert_eq!(uncached["temperature"], 0.7);
     }
 
+    #[test]
+    fn redis_commands_per_request() {
+        let before = parse_commandstats(
+            "# Commandstats\r\ncmdstat_get:calls=10,usec=50,usec_per_call=5.00,rejected_calls=0,failed_calls=0\r\n\
+             cmdstat_ping:calls=2,usec=2,usec_per_call=1.00\r\n",
+        );
+        assert_eq!(before["get"], (10, 50));
+        let after = parse_commandstats(
+            "cmdstat_get:calls=110,usec=550\r\ncmdstat_ping:calls=102,usec=52\r\n\
+             cmdstat_unwatch:calls=100,usec=30\r\ncmdstat_info:calls=1,usec=9\r\n",
+        );
+        let rates = per_request(&before, &after, 100);
+        assert_eq!(rates.len(), 3, "INFO is the scenario's own");
+        assert_eq!(rates[0].calls_per_request, 1.0);
+        let get = rates.iter().find(|r| r.command == "get").unwrap();
+        assert_eq!(get.redis_us_per_request, 5.0);
+        let text = render_rates(&rates);
+        assert!(text.contains("`get` 1.00"), "{text}");
+        assert!(!text.contains("info"), "{text}");
+        assert!(text.contains("Redis's own time 5.8µs"), "{text}");
+    }
+
     fn summary(p50: u64, p99: u64) -> LatencySummary {
         LatencySummary {
             count: 100,
@@ -966,12 +1163,16 @@ mod tests {
             rps: 100.0,
             client_latency_us: summary(p99 / 2, p99),
             gateway_time_us: summary(10, 20),
+            requests_sent: 120,
+            redis_per_request: Vec::new(),
         };
         let side = |gateway, p50| SequentialSide {
             gateway,
             requests: 100,
             client_latency_us: summary(p50, p50 * 2),
             gateway_time_us: summary(10, 20),
+            requests_sent: 120,
+            redis_per_request: Vec::new(),
         };
         let added = AddedLatency {
             connections: 1,
