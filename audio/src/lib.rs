@@ -6,10 +6,13 @@
 //! - diarisation models in candle: [`segmentation`] (PyanNet segmentation-3.0 with powerset
 //!   decoding), [`campplus`] (CAM++ speaker embeddings) over [`fbank`] (Kaldi-compatible
 //!   log-mel filterbanks);
-//! - streaming diarisation (rolling buffer, clustering) on top of those.
+//! - [`diarize`]: streaming speaker diarisation (diart's rolling windows, incremental
+//!   clustering with the Hungarian method, delayed aggregation) on top of those, and
+//!   whole-file diarisation through the same pipeline.
 
 pub mod campplus;
 pub mod decode;
+pub mod diarize;
 pub mod fbank;
 pub mod segmentation;
 mod weights;
