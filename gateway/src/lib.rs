@@ -16,6 +16,7 @@
 //! - [`openapi`]: the generated OpenAPI document.
 //! - [`state`]: the shared [`state::AppState`].
 //! - [`models_cli`]: `aigw models fetch|list` over the model catalog of `aigw-models`.
+//! - [`realtime`]: `/v1/realtime`, live transcription over a WebSocket.
 //! - [`discord`]: the Discord integration (slash commands over HTTP interactions).
 
 pub mod auth;
@@ -34,6 +35,7 @@ pub mod openapi;
 pub mod pipeline;
 pub mod providers;
 pub mod ratelimit;
+pub mod realtime;
 pub mod routes;
 pub mod routing;
 pub mod server;

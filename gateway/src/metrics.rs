@@ -36,6 +36,8 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     /// Requests being served now.
     pub in_flight: IntGauge,
+    /// Realtime (WebSocket) transcription sessions open now.
+    pub realtime_sessions: IntGauge,
     /// Deployment health by its last probe (1 healthy, 0 not).
     pub deployment_up: prometheus::IntGaugeVec,
     /// Attempts by deployment and outcome (`success`, `failure`, `client_error`, `skipped`).
@@ -112,6 +114,8 @@ impl Metrics {
             &["route", "type"],
         )?;
         let in_flight = IntGauge::new("requests_in_flight", "Requests being served")?;
+        let realtime_sessions =
+            IntGauge::new("realtime_sessions", "Realtime transcription sessions open")?;
         let deployment_up = prometheus::IntGaugeVec::new(
             Opts::new(
                 "deployment_up",
@@ -156,6 +160,7 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(errors.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(realtime_sessions.clone()))?;
         let budget_denials = IntCounterVec::new(
             Opts::new(
                 "budget_denials_total",
@@ -204,6 +209,7 @@ impl Metrics {
             audio_seconds,
             errors,
             in_flight,
+            realtime_sessions,
             deployment_up,
             deployment_attempts,
             deployment_failures,

@@ -58,6 +58,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route_layer(from_fn_with_state(state.clone(), ratelimit::enforce))
         .route_layer(from_fn_with_state(state.clone(), auth::require_key));
+    let realtime = Router::new()
+        .route("/v1/realtime", get(crate::realtime::connect))
+        .route_layer(from_fn_with_state(state.clone(), ratelimit::enforce))
+        .route_layer(from_fn_with_state(
+            state.clone(),
+            crate::realtime::authenticate,
+        ));
     let admin = Router::new()
         .route("/admin/budgets/{tenant}", get(admin::list_sessions))
         .route(
@@ -77,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .into();
     Router::new()
         .merge(v1)
+        .merge(realtime)
         .merge(admin)
         .merge(ops)
         .merge(docs)

@@ -1,0 +1,343 @@
+//! `/v1/realtime?intent=transcription` through the real server, with the catalog's
+//! `whisper-tiny.en` and speech synthesised here by espeak-ng: sessions streamed in real time
+//! (20 ms chunks) and faster, server VAD and manual commits, binary frames at 48 kHz stereo,
+//! two named tracks on one connection, malformed events, concurrent sessions, budgets and
+//! metrics, and the openai Python SDK's realtime client. Needs `aigw models fetch --default`
+//! and `scripts/setup --test`; skips without them unless `AIGW_REQUIRE_MODELS=1`.
+
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test harness"
+)]
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aigw_gateway::config::Config;
+use aigw_gateway::server;
+use aigw_gateway::state::AppState;
+use base64::Engine as _;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const FOX: &str = "The quick brown fox jumps over the lazy dog.";
+const DICE: &str = "A game master rolls the dice for the party.";
+
+fn required() -> bool {
+    std::env::var("AIGW_REQUIRE_MODELS").is_ok()
+}
+
+/// `text` spoken by espeak-ng, as 16 kHz mono samples (`None` when the tools are missing).
+fn speech(text: &str) -> Option<Vec<f32>> {
+    let entry = aigw_models::catalog::lookup(aigw_models::catalog::WHISPER_TINY_EN)?;
+    let dir = aigw_models::store::model_dir();
+    if !aigw_models::store::resolve(entry, &dir).is_ok_and(|r| r.is_present()) {
+        assert!(
+            !required(),
+            "whisper-tiny.en is missing (aigw models fetch --default)"
+        );
+        eprintln!("skipping: whisper-tiny.en is missing");
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let wav = tmp.path().join("clip.wav");
+    let ok = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "120", "-w"])
+        .arg(&wav)
+        .arg(text)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            !required(),
+            "espeak-ng is not installed (scripts/setup --test)"
+        );
+        eprintln!("skipping: espeak-ng is not installed");
+        return None;
+    }
+    let bytes = std::fs::read(&wav).unwrap();
+    Some(
+        aigw_audio::decode::decode(bytes, Some("clip.wav"), 60.0)
+            .unwrap()
+            .samples,
+    )
+}
+
+fn fox() -> Option<&'static [f32]> {
+    static CLIP: OnceLock<Option<Vec<f32>>> = OnceLock::new();
+    CLIP.get_or_init(|| speech(FOX)).as_deref()
+}
+
+fn dice() -> Option<&'static [f32]> {
+    static CLIP: OnceLock<Option<Vec<f32>>> = OnceLock::new();
+    CLIP.get_or_init(|| speech(DICE)).as_deref()
+}
+
+/// `samples` at 16 kHz → PCM16 at `rate` with `channels`, with `pad_s` of silence after.
+fn pcm(samples: &[f32], rate: u32, channels: usize, pad_s: f64) -> Vec<u8> {
+    let mut audio = aigw_audio::decode::resample(samples, 16_000, rate);
+    audio.extend(std::iter::repeat_n(0.0, (f64::from(rate) * pad_s) as usize));
+    audio
+        .iter()
+        .flat_map(|s| {
+            let v = (s.clamp(-1.0, 1.0) * 32767.0) as i16;
+            std::iter::repeat_n(v.to_le_bytes(), channels).flatten()
+        })
+        .collect()
+}
+
+/// Starts a server whose `whisper` alias is the local tiny.en.
+async fn serve(extra: &str) -> String {
+    let toml = format!(
+        r#"
+{extra}
+[[local.models]]
+name = "whisper"
+model = "whisper-tiny.en"
+"#
+    );
+    let state = AppState::new(Config::parse(&toml, &|_| None).unwrap()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server::run(listener, state, std::future::pending()));
+    format!("{addr}")
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Client {
+    ws: Ws,
+    events: Vec<Value>,
+}
+
+impl Client {
+    async fn connect(addr: &str) -> Self {
+        let (ws, resp) = tokio_tungstenite::connect_async(format!(
+            "ws://{addr}/v1/realtime?intent=transcription"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), 101);
+        let mut c = Self {
+            ws,
+            events: Vec::new(),
+        };
+        c.until("transcription_session.created").await;
+        c
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    async fn update(&mut self, session: Value) -> Value {
+        self.send(json!({"type": "transcription_session.update", "session": session}))
+            .await;
+        self.until("transcription_session.updated").await
+    }
+
+    async fn append(&mut self, bytes: &[u8], track: Option<&str>) {
+        let audio = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let mut v = json!({"type": "input_audio_buffer.append", "audio": audio});
+        if let Some(t) = track {
+            v["aigw_track"] = json!(t);
+        }
+        self.send(v).await;
+    }
+
+    /// The next event (the test fails after 60 s without one).
+    async fn next(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
+                .await
+                .expect("no server event within 60 s")
+                .expect("the server closed the connection")
+                .unwrap();
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert!(v["event_id"].is_string(), "{v}");
+                self.events.push(v.clone());
+                return v;
+            }
+        }
+    }
+
+    /// Reads events up to the first of type `kind`.
+    async fn until(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.next().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// Reads events until every committed item is completed (or failed); returns the
+    /// `completed` events.
+    async fn transcripts(&mut self, items: usize) -> Vec<Value> {
+        let done = |events: &[Value]| {
+            events
+                .iter()
+                .filter(|e| {
+                    e["type"] == "conversation.item.input_audio_transcription.completed"
+                        || e["type"] == "conversation.item.input_audio_transcription.failed"
+                })
+                .count()
+        };
+        while done(&self.events) < items {
+            self.next().await;
+        }
+        self.of("conversation.item.input_audio_transcription.completed")
+    }
+
+    fn of(&self, kind: &str) -> Vec<Value> {
+        self.events
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .cloned()
+            .collect()
+    }
+}
+
+fn words_of(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+fn assert_heard(text: &str, expected: &[&str]) {
+    let words = words_of(text);
+    for w in expected {
+        assert!(words.iter().any(|x| x == w), "{w:?} not heard in {text:?}");
+    }
+}
+
+fn joined(completed: &[Value]) -> String {
+    completed
+        .iter()
+        .map(|e| e["transcript"].as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Checks a server-VAD session's events: speech started and stopped, items committed, and
+/// every committed item transcribed; returns the whole transcript.
+async fn vad_transcript(c: &mut Client) -> String {
+    c.until("input_audio_buffer.speech_stopped").await;
+    c.until("input_audio_buffer.committed").await;
+    let committed = c.of("input_audio_buffer.committed").len();
+    let completed = c.transcripts(committed).await;
+    let started = c.of("input_audio_buffer.speech_started");
+    assert!(!started.is_empty());
+    assert_eq!(started[0]["item_id"], completed[0]["item_id"]);
+    let start_ms = started[0]["audio_start_ms"].as_u64().unwrap();
+    assert!(
+        start_ms < 600,
+        "speech starts near the beginning: {start_ms} ms"
+    );
+    for e in &completed {
+        assert_eq!(e["content_index"], 0);
+        assert_eq!(e["usage"]["type"], "duration");
+    }
+    joined(&completed)
+}
+
+#[tokio::test]
+async fn streamed_in_real_time_with_server_vad() {
+    let Some(clip) = fox() else { return };
+    let addr = serve("").await;
+    let mut c = Client::connect(&addr).await;
+    let updated = c
+        .update(json!({
+            "input_audio_format": "pcm16",
+            "input_audio_transcription": {"model": "whisper"},
+            "turn_detection": {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500},
+        }))
+        .await;
+    assert_eq!(
+        updated["session"]["input_audio_transcription"]["model"],
+        "whisper"
+    );
+    // 24 kHz mono, 20 ms (960-byte) chunks, paced in real time.
+    let bytes = pcm(clip, 24_000, 1, 1.0);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for chunk in bytes.chunks(960) {
+        tick.tick().await;
+        c.append(chunk, None).await;
+    }
+    let text = vad_transcript(&mut c).await;
+    assert_heard(&text, &["quick", "fox", "lazy", "dog"]);
+}
+
+#[tokio::test]
+async fn binary_frames_at_48_khz_stereo_faster_than_real_time() {
+    let Some(clip) = fox() else { return };
+    let addr = serve("").await;
+    let mut c = Client::connect(&addr).await;
+    let updated = c
+        .update(json!({"aigw_input": {"sample_rate": 48000, "channels": 2}}))
+        .await;
+    assert_eq!(updated["session"]["aigw_input"]["channels"], 2);
+    let bytes = pcm(clip, 48_000, 2, 1.0);
+    // 20 ms of 48 kHz stereo per frame, sent as fast as the socket takes them.
+    for chunk in bytes.chunks(3840) {
+        c.ws.send(Message::Binary(chunk.to_vec().into()))
+            .await
+            .unwrap();
+    }
+    let text = vad_transcript(&mut c).await;
+    assert_heard(&text, &["quick", "fox", "lazy", "dog"]);
+}
+
+#[tokio::test]
+async fn manual_commit_without_turn_detection() {
+    let Some(clip) = dice() else { return };
+    let addr = serve("").await;
+    let mut c = Client::connect(&addr).await;
+    c.send(
+        json!({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "transcription": {"model": "whisper", "language": "en"},
+            "turn_detection": null,
+        }}}}),
+    )
+    .await;
+    let updated = c.until("session.updated").await;
+    assert!(updated["session"]["turn_detection"].is_null(), "{updated}");
+    // An empty buffer cannot be committed.
+    c.send(json!({"type": "input_audio_buffer.commit", "event_id": "evt_empty"}))
+        .await;
+    let err = c.until("error").await;
+    assert_eq!(err["error"]["code"], "input_audio_buffer_commit_empty");
+    assert_eq!(err["error"]["event_id"], "evt_empty");
+    // Audio then a clear: nothing is transcribed.
+    c.append(&pcm(clip, 24_000, 1, 0.0)[..48_000], None).await;
+    c.send(json!({"type": "input_audio_buffer.clear"})).await;
+    c.until("input_audio_buffer.cleared").await;
+    for chunk in pcm(clip, 24_000, 1, 0.3).chunks(24_000) {
+        c.append(chunk, None).await;
+    }
+    c.send(json!({"type": "input_audio_buffer.commit"})).await;
+    let committed = c.until("input_audio_buffer.committed").await;
+    let completed = c.transcripts(1).await;
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0]["item_id"], committed["item_id"]);
+    assert!(c.of("input_audio_buffer.speech_started").is_empty());
+    assert!(
+        !c.of("conversation.item.input_audio_transcription.delta")
+            .is_empty()
+    );
+    let secs = completed[0]["usage"]["seconds"].as_f64().unwrap();
+    let expected = clip.len() as f64 / 16_000.0 + 0.3;
+    assert!((secs - expected).abs() < 0.05, "{secs} vs {expected}");
+    assert_heard(&joined(&completed), &["master", "dice", "party"]);
+}
