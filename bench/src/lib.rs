@@ -24,6 +24,8 @@
 //!   budgets + rate limits on Redis add).
 //! - [`engine`]: the local-engine scenario (the gateway's in-process model
 //!   under 1 to 64 streams, against llama.cpp and the roofline).
+//! - [`batch`]: the engine's batched forward pass in-process (CPU or NVIDIA GPU), random
+//!   weights of real architecture shapes, and a CPU-versus-device greedy check.
 //! - [`results`]: provenance of a result (UTC date, machine, command line,
 //!   commit) and writing the JSON / Markdown pair.
 //! - [`report_md`]: the Markdown rendering of the results.
@@ -33,6 +35,7 @@
 //! load generator, the mock and the gateway, so every side defaults to one
 //! thread and leaves the remaining cores to the gateway under test.
 
+pub mod batch;
 pub mod client;
 pub mod engine;
 pub mod load;

@@ -186,6 +186,40 @@ enum Cmd {
         #[arg(long, default_value_t = 600.0)]
         timeout: f64,
     },
+    /// The engine's batched forward pass in-process (random weights of a real shape) on the
+    /// CPU or an NVIDIA GPU; optionally a CPU-versus-device greedy check on a real GGUF.
+    Batch {
+        /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Architecture shape: smollm2-135m, qwen2.5-0.5b or llama-3.2-1b.
+        #[arg(long, default_value = "smollm2-135m")]
+        shape: String,
+        /// Weight dtype: f32, bf16 or f16 (the CPU path runs f32 only).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+        batches: Vec<usize>,
+        /// Prompt tokens per sequence.
+        #[arg(long, default_value_t = 32)]
+        prompt: usize,
+        /// Decode steps per batch size.
+        #[arg(long, default_value_t = 32)]
+        steps: usize,
+        /// A real GGUF model for a CPU-versus-device greedy comparison.
+        #[arg(long)]
+        check_gguf: Option<PathBuf>,
+        /// Measure this real GGUF model instead of a random-weight one.
+        #[arg(long)]
+        model_gguf: Option<PathBuf>,
+        /// Directory of the result files.
+        #[arg(long, default_value = "bench/results")]
+        out_dir: PathBuf,
+        /// Result file name after the date.
+        #[arg(long, default_value = "batch")]
+        name: String,
+    },
 }
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -324,6 +358,32 @@ fn main() -> anyhow::Result<()> {
                 .lock()
                 .write_all(state::render(&report).as_bytes())?;
             eprintln!("wrote {} and {}", json.display(), md.display());
+            Ok(())
+        }
+        Cmd::Batch {
+            device,
+            shape,
+            dtype,
+            batches,
+            prompt,
+            steps,
+            check_gguf,
+            model_gguf,
+            out_dir,
+            name,
+        } => {
+            aigw_bench::batch::run(&aigw_bench::batch::BatchConfig {
+                device,
+                shape,
+                dtype,
+                batches,
+                prompt,
+                steps,
+                check_gguf,
+                model_gguf,
+                out_dir,
+                name,
+            })?;
             Ok(())
         }
         Cmd::Engine {

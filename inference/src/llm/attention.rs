@@ -185,7 +185,7 @@ pub fn device_seq(
                 })
             })
             .collect();
-        let mask = Tensor::from_vec(mask, (len, kv_len), q.device())?;
+        let mask = Tensor::from_vec(mask, (len, kv_len), q.device())?.to_dtype(scores.dtype())?;
         scores
             .reshape((nkv, n_rep, len, kv_len))?
             .broadcast_add(&mask)?

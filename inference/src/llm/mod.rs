@@ -7,6 +7,7 @@ pub mod engine;
 pub mod load;
 pub mod model;
 pub mod q4;
+pub mod random;
 pub mod sampling;
 pub mod text;
 

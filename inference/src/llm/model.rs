@@ -158,7 +158,7 @@ impl LlamaModel {
         device: &Device,
     ) -> Result<Self, LlmError> {
         config.validate()?;
-        let (cos, sin) = rope_tables(&config, device)?;
+        let (cos, sin) = rope_tables(&config, device, embed.dtype())?;
         Ok(Self {
             config,
             embed,
@@ -327,7 +327,12 @@ impl LlamaModel {
     }
 }
 
-fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor), LlmError> {
+/// Rotation tables in the activations' dtype (the embedding's).
+fn rope_tables(
+    cfg: &LlamaConfig,
+    device: &Device,
+    dtype: DType,
+) -> Result<(Tensor, Tensor), LlmError> {
     let half = cfg.head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
         .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / cfg.head_dim as f32))
@@ -342,8 +347,8 @@ fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor), L
             sin.push(angle.sin());
         }
     }
-    let cos = Tensor::from_vec(cos, (n, half), device)?;
-    let sin = Tensor::from_vec(sin, (n, half), device)?;
+    let cos = Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?;
+    let sin = Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?;
     Ok((cos, sin))
 }
 
