@@ -97,36 +97,35 @@ impl RateLimits {
         }
     }
 
-    /// Admits one request of `principal`: its headers, or the 429.
+    /// Admits one request of `principal`: its headers, or the 429. Both limits are checked
+    /// at once (one round trip's wait on a shared store, not two): the token check costs
+    /// nothing, so running it beside a request check that denies changes nothing.
     pub async fn admit(&self, principal: &Principal) -> Result<HeaderMap, GatewayError> {
-        let mut headers = HeaderMap::new();
-        if let Some(n) = principal.requests_per_minute {
+        let requests = async {
+            let n = principal.requests_per_minute?;
             let key = format!("rpm:{}", principal.key_name);
-            if let Some(d) = self.check(key, per_minute(n), 1).await {
-                put(&mut headers, "requests", &d);
-                if !d.allowed {
-                    return Err(GatewayError::RateLimited {
-                        what: "requests",
-                        limit: n,
-                        retry_after: d.retry_after.unwrap_or(Duration::from_secs(1)),
-                        headers: Box::new(headers),
-                    });
-                }
-            }
-        }
-        if let Some(n) = principal.tokens_per_minute {
+            Some((n, self.check(key, per_minute(n), 1).await?))
+        };
+        let tokens = async {
+            let n = principal.tokens_per_minute?;
             let key = format!("tpm:{}", principal.key_name);
             // Cost 0: admitted unless earlier requests' tokens put the key in debt.
-            if let Some(d) = self.check(key, per_minute(n), 0).await {
-                put(&mut headers, "tokens", &d);
-                if !d.allowed {
-                    return Err(GatewayError::RateLimited {
-                        what: "tokens",
-                        limit: n,
-                        retry_after: d.retry_after.unwrap_or(Duration::from_secs(1)),
-                        headers: Box::new(headers),
-                    });
-                }
+            Some((n, self.check(key, per_minute(n), 0).await?))
+        };
+        let (requests, tokens) = tokio::join!(requests, tokens);
+        let mut headers = HeaderMap::new();
+        for (what, decision) in [("requests", requests), ("tokens", tokens)] {
+            let Some((limit, d)) = decision else {
+                continue;
+            };
+            put(&mut headers, what, &d);
+            if !d.allowed {
+                return Err(GatewayError::RateLimited {
+                    what,
+                    limit,
+                    retry_after: d.retry_after.unwrap_or(Duration::from_secs(1)),
+                    headers: Box::new(headers),
+                });
             }
         }
         Ok(headers)

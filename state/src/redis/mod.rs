@@ -45,9 +45,11 @@
 //! for a pooled connection, checking it and the command itself all count against it, so a dead
 //! or stalled server fails fast instead of hanging the request. A call cut off by the timeout
 //! may still have been applied by the server; the ledger's reservations expire, so nothing is
-//! held for ever. Pooled connections are checked (PING) before reuse and broken ones replaced,
-//! so the backends work again by themselves once the server is back; the scripts are loaded
-//! again when a restarted server answers `NOSCRIPT`.
+//! held for ever. A connection whose call failed in transport (refused, reset, timed out, cut
+//! off by the deadline) leaves the pool instead of returning to it, and a new one is made on
+//! demand, so the backends work again by themselves once the server is back; the scripts are
+//! loaded again when a restarted server answers `NOSCRIPT`. Healthy connections return to the
+//! pool unchecked: a PING before every reuse would double the round trips of every call.
 
 mod cache;
 mod events;
@@ -59,8 +61,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deadpool::managed::{self, Metrics, Object, RecycleResult};
+use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::redis::{self, AsyncConnectionConfig, ErrorKind, RedisError};
-use deadpool_redis::{Connection, Manager, Pool, PoolError, Runtime};
+use deadpool_redis::{Manager, Runtime};
 
 pub use cache::RedisCache;
 pub use events::RedisEvents;
@@ -103,6 +107,32 @@ pub struct RedisState {
     inner: Arc<Inner>,
 }
 
+/// The pool of multiplexed connections.
+type Pool = managed::Pool<Connections>;
+/// An error of the pool.
+type PoolError = managed::PoolError<RedisError>;
+
+/// deadpool-redis's connection factory, recycling without a round trip: connections that
+/// failed in transport never come back (see [`RedisState::run`]).
+struct Connections(Manager);
+
+impl managed::Manager for Connections {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        managed::Manager::create(&self.0).await
+    }
+
+    async fn recycle(
+        &self,
+        _: &mut MultiplexedConnection,
+        _: &Metrics,
+    ) -> RecycleResult<RedisError> {
+        Ok(())
+    }
+}
+
 struct Inner {
     pool: Pool,
     prefix: String,
@@ -142,7 +172,7 @@ impl RedisState {
             .set_response_timeout(Some(timeout));
         let manager = Manager::new_with_config(url, config)
             .map_err(|e| StateError::Unavailable(format!("redis url: {e}")))?;
-        let pool = Pool::builder(manager)
+        let pool = Pool::builder(Connections(manager))
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(timeout))
@@ -200,11 +230,21 @@ impl RedisState {
     /// Runs `op` on a pooled connection within the timeout, mapping every failure.
     async fn run<T, F>(&self, op: F) -> Result<T, StateError>
     where
-        F: AsyncFnOnce(&mut Connection) -> Result<T, RedisError>,
+        F: AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
     {
         let work = async {
-            let mut conn = self.inner.pool.get().await.map_err(pool_error)?;
-            op(&mut conn).await.map_err(redis_error)
+            let conn = self.inner.pool.get().await.map_err(pool_error)?;
+            // Dropped before the call ends (deadline) or after a transport error, the guard
+            // takes the connection out of the pool; it goes back only after a clean answer.
+            let mut guard = Checkout(Some(conn));
+            let Some(conn) = guard.0.as_mut() else {
+                unreachable!("the guard holds the connection until here")
+            };
+            let result = op(conn).await;
+            if !matches!(&result, Err(e) if transport_failure(e)) {
+                guard.keep();
+            }
+            result.map_err(redis_error)
         };
         deadline(self.inner.timeout, work).await
     }
@@ -218,6 +258,29 @@ impl RedisState {
         }
         key
     }
+}
+
+/// A pooled connection in use: discarded on drop unless [`Checkout::keep`] was called.
+struct Checkout(Option<Object<Connections>>);
+
+impl Checkout {
+    /// Lets the connection return to the pool.
+    fn keep(&mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            drop(Object::take(conn));
+        }
+    }
+}
+
+/// Whether an error leaves the connection unusable (rather than being the server's answer).
+fn transport_failure(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
 /// `work`, or [`StateError::Unavailable`] once `timeout` has passed.
