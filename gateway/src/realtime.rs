@@ -6,12 +6,13 @@
 //! - [`protocol`]: the session settings and the shapes of server events;
 //! - [`input`]: PCM16 → 16 kHz mono, streamed; [`vad`]: the energy voice detector;
 //! - [`session`]: one connection's state, without I/O (tracks, buffers, commits);
-//! - [`connection`]: the socket's reader, writer and transcriber tasks.
+//! - [`connection`]: the socket's reader and writer; `transcribe`: its transcriber task.
 
 pub mod connection;
 pub mod input;
 pub mod protocol;
 pub mod session;
+mod transcribe;
 pub mod vad;
 
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};

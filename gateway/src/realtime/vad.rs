@@ -3,7 +3,7 @@
 //! The 16 kHz audio is cut into 20 ms frames; a frame is speech when its RMS level stands
 //! `margin` dB above the noise floor (tracked over non-speech frames, never below -70 dBFS).
 //! `threshold` (0..1, OpenAI's knob, default 0.5) sets the margin: 3 dB at 0, 33 dB at 1.
-//! The first 100 ms only measure the floor. Speech starts after two speech frames in a row and ends once `silence_duration_ms` of
+//! The first 100 ms only measure the floor (at most -50 dBFS). Speech starts after two speech frames in a row and ends once `silence_duration_ms` of
 //! non-speech frames have passed (the hangover); the utterance then runs from
 //! `prefix_padding_ms` before the start to the end of the hangover.
 
@@ -17,6 +17,8 @@ const MIN_FLOOR_DB: f32 = -70.0;
 const ONSET_FRAMES: u32 = 2;
 /// The first frames only measure the noise floor (100 ms; the prefix padding keeps them).
 const WARMUP_FRAMES: u64 = 5;
+/// The highest floor the warm-up may measure (louder noise is learnt slowly afterwards).
+const WARMUP_CAP_DB: f32 = -50.0;
 
 /// `server_vad` settings, as the session gives them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -107,6 +109,8 @@ impl Vad {
         let start = self.position;
         self.position += frame.len() as u64;
         if start < WARMUP_FRAMES * FRAME as u64 {
+            // Speech from the first frame must not pass for the floor: it is capped.
+            let db = db.min(WARMUP_CAP_DB);
             self.floor_db = if start == 0 {
                 db
             } else {
