@@ -112,6 +112,9 @@ struct RawLocalModel {
     model: Option<String>,
     path: Option<String>,
     kind: Option<String>,
+    /// Diarisation: the speaker embedding model (catalog id or file; default the catalog's).
+    embedding_model: Option<String>,
+    embedding_path: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -429,6 +432,8 @@ pub enum LocalKind {
     Embedding,
     /// Speech to text (whisper): transcriptions and, for multilingual models, translations.
     Transcription,
+    /// Speaker diarisation: a segmentation model (`source`) with a speaker embedding model.
+    Diarization,
 }
 
 /// Where a local model's weights come from.
@@ -447,8 +452,10 @@ pub struct LocalModelConfig {
     pub alias: String,
     /// Where its weights are.
     pub source: LocalSource,
-    /// Chat, embedding or transcription.
+    /// Chat, embedding, transcription or diarization.
     pub kind: LocalKind,
+    /// The speaker embedding model of a diarisation model (`None` for the other kinds).
+    pub embedding: Option<LocalSource>,
 }
 
 /// HTTP server settings.
@@ -758,22 +765,32 @@ impl Config {
     }
 
     /// The embedded default: the catalog's default chat, embedding and speech-to-text models,
+    /// and its segmentation model (with the default speaker embedding) for diarisation,
     /// in-process.
     pub fn embedded_default() -> Self {
+        use aigw_models::catalog::{Catalog, ModelKind};
         let mut config = Self::empty();
-        config.local.models = aigw_models::catalog::Catalog::builtin()
+        let catalog = Catalog::builtin();
+        let speaker_embedding = catalog
+            .default_for(ModelKind::SpeakerEmbedding)
+            .map(|e| LocalSource::Catalog(e.id.clone()));
+        config.local.models = catalog
             .defaults()
             .filter_map(|entry| {
-                let kind = match entry.kind {
-                    aigw_models::catalog::ModelKind::Chat => LocalKind::Chat,
-                    aigw_models::catalog::ModelKind::Embedding => LocalKind::Embedding,
-                    aigw_models::catalog::ModelKind::SpeechToText => LocalKind::Transcription,
+                let (kind, embedding) = match entry.kind {
+                    ModelKind::Chat => (LocalKind::Chat, None),
+                    ModelKind::Embedding => (LocalKind::Embedding, None),
+                    ModelKind::SpeechToText => (LocalKind::Transcription, None),
+                    ModelKind::Segmentation => {
+                        (LocalKind::Diarization, Some(speaker_embedding.clone()?))
+                    }
                     _ => return None,
                 };
                 Some(LocalModelConfig {
                     alias: entry.id.clone(),
                     source: LocalSource::Catalog(entry.id.clone()),
                     kind,
+                    embedding,
                 })
             })
             .collect();
@@ -1382,15 +1399,17 @@ fn local_config(raw: RawLocal, aliases: &mut HashSet<String>) -> Result<LocalCon
             (Some("chat"), _) => LocalKind::Chat,
             (Some("embedding"), _) => LocalKind::Embedding,
             (Some("transcription"), _) => LocalKind::Transcription,
+            (Some("diarization"), _) => LocalKind::Diarization,
             (Some(other), _) => {
                 return Err(invalid(
                     format!("{path}.kind"),
-                    format!("'{other}' is not chat, embedding or transcription"),
+                    format!("'{other}' is not chat, embedding, transcription or diarization"),
                 ));
             }
             (None, Some(aigw_models::catalog::ModelKind::Chat)) => LocalKind::Chat,
             (None, Some(aigw_models::catalog::ModelKind::Embedding)) => LocalKind::Embedding,
             (None, Some(aigw_models::catalog::ModelKind::SpeechToText)) => LocalKind::Transcription,
+            (None, Some(aigw_models::catalog::ModelKind::Segmentation)) => LocalKind::Diarization,
             (None, Some(other)) => {
                 return Err(invalid(
                     format!("{path}.model"),
@@ -1403,14 +1422,16 @@ fn local_config(raw: RawLocal, aliases: &mut HashSet<String>) -> Result<LocalCon
             (None, None) => {
                 return Err(invalid(
                     format!("{path}.kind"),
-                    "required with `path`: chat, embedding or transcription",
+                    "required with `path`: chat, embedding, transcription or diarization",
                 ));
             }
         };
+        let embedding = local_embedding(&path, kind, m.embedding_model, m.embedding_path)?;
         models.push(LocalModelConfig {
             alias: m.name,
             source,
             kind,
+            embedding,
         });
     }
     Ok(LocalConfig {
@@ -1445,6 +1466,58 @@ fn local_config(raw: RawLocal, aliases: &mut HashSet<String>) -> Result<LocalCon
         },
         models,
     })
+}
+
+/// The speaker embedding model of a `[[local.models]]` entry: for diarisation, the catalog id
+/// `embedding_model` or the file `embedding_path` (default: the catalog's default speaker
+/// embedding); refused for the other kinds.
+fn local_embedding(
+    path: &str,
+    kind: LocalKind,
+    model: Option<String>,
+    file: Option<String>,
+) -> Result<Option<LocalSource>, ConfigError> {
+    use aigw_models::catalog::{Catalog, ModelKind};
+    if kind != LocalKind::Diarization {
+        return match (&model, &file) {
+            (None, None) => Ok(None),
+            _ => Err(invalid(
+                path,
+                "`embedding_model` and `embedding_path` are for kind = \"diarization\"",
+            )),
+        };
+    }
+    match (model, file) {
+        (Some(id), None) => match aigw_models::catalog::lookup(&id) {
+            Some(entry) if entry.kind == ModelKind::SpeakerEmbedding => {
+                Ok(Some(LocalSource::Catalog(id)))
+            }
+            _ => Err(invalid(
+                format!("{path}.embedding_model"),
+                format!("'{id}' is not a speaker embedding model of the catalog"),
+            )),
+        },
+        (None, Some(file)) => Ok(Some(LocalSource::Path(file.into()))),
+        (None, None) => Catalog::builtin()
+            .default_for(ModelKind::SpeakerEmbedding)
+            .or_else(|| {
+                Catalog::builtin()
+                    .entries()
+                    .iter()
+                    .find(|e| e.kind == ModelKind::SpeakerEmbedding)
+            })
+            .map(|e| Some(LocalSource::Catalog(e.id.clone())))
+            .ok_or_else(|| {
+                invalid(
+                    format!("{path}.embedding_model"),
+                    "the catalog has no speaker embedding model",
+                )
+            }),
+        (Some(_), Some(_)) => Err(invalid(
+            path,
+            "set at most one of `embedding_model` and `embedding_path`",
+        )),
+    }
 }
 
 /// Parses TOML into the raw shape, reporting the path of an unknown or mistyped key.

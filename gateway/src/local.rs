@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use aigw_audio::diarize::DiarizationModels;
 use aigw_audio::whisper::{WhisperConfig, WhisperModel};
 use aigw_inference::embed::EmbeddingModel;
 use aigw_inference::llm::engine::{EngineConfig, LlmEngine};
@@ -16,6 +17,7 @@ use utoipa::ToSchema;
 use crate::config::{DeviceSpec, LocalConfig, LocalKind, LocalModelConfig, LocalSource};
 use crate::providers::Provider;
 use crate::providers::local_chat::LocalChatProvider;
+use crate::providers::local_diarize::LocalDiarizationProvider;
 use crate::providers::local_embed::LocalEmbeddingProvider;
 use crate::providers::local_transcribe::LocalTranscriptionProvider;
 
@@ -29,6 +31,9 @@ pub struct LocalModel {
     pub engine: Option<Arc<LlmEngine>>,
     /// The speech-to-text model, for load reports.
     pub transcriber: Option<Arc<WhisperModel>>,
+    /// The diarisation models (segmentation + speaker embedding), shareable by any number of
+    /// streaming sessions ([`aigw_audio::diarize::StreamingDiarizer`]).
+    pub diarizer: Option<Arc<DiarizationModels>>,
     /// The limits it runs with.
     pub max_batch: usize,
     /// Most requests waiting before 429s.
@@ -46,9 +51,18 @@ fn device(spec: DeviceSpec) -> anyhow::Result<candle_core::Device> {
     })
 }
 
-/// Where a model's weights are: the GGUF file, the model directory or the ggml file.
+/// Where a model's weights are: the GGUF file, the model directory, the ggml file, or the
+/// segmentation model's file.
 fn weights_path(m: &LocalModelConfig, model_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
-    match &m.source {
+    source_path(m, &m.source, model_dir)
+}
+
+fn source_path(
+    m: &LocalModelConfig,
+    source: &LocalSource,
+    model_dir: &std::path::Path,
+) -> anyhow::Result<PathBuf> {
+    match source {
         LocalSource::Path(p) => {
             anyhow::ensure!(
                 p.exists(),
@@ -70,7 +84,7 @@ fn weights_path(m: &LocalModelConfig, model_dir: &std::path::Path) -> anyhow::Re
                 model_dir.display()
             );
             Ok(match m.kind {
-                LocalKind::Chat | LocalKind::Transcription => resolved
+                LocalKind::Chat | LocalKind::Transcription | LocalKind::Diarization => resolved
                     .main_file()
                     .map(std::path::Path::to_path_buf)
                     .unwrap_or(resolved.dir),
@@ -87,6 +101,10 @@ pub fn start(config: &LocalConfig) -> anyhow::Result<Vec<LocalModel>> {
     }
     let device = device(config.device)?;
     let model_dir = config.model_dir.clone().unwrap_or_else(store::model_dir);
+    let diarizers = load_diarizers(config, &model_dir)?;
+    // The first diarisation model also labels `diarized_json` transcriptions.
+    let first_diarizer = diarizers.first().map(|(_, d)| d.clone());
+    let mut diarizers = diarizers.into_iter();
     let mut out = Vec::new();
     for m in &config.models {
         let path = weights_path(m, &model_dir)?;
@@ -115,6 +133,7 @@ pub fn start(config: &LocalConfig) -> anyhow::Result<Vec<LocalModel>> {
                     provider: Arc::new(LocalChatProvider::new(name, engine.clone())),
                     engine: Some(engine),
                     transcriber: None,
+                    diarizer: None,
                     max_batch: config.max_batch,
                     max_queue: config.max_queue,
                     price,
@@ -132,6 +151,7 @@ pub fn start(config: &LocalConfig) -> anyhow::Result<Vec<LocalModel>> {
                     )),
                     engine: None,
                     transcriber: None,
+                    diarizer: None,
                     max_batch: aigw_inference::embed::MAX_BATCH,
                     max_queue: config.embedding_concurrency,
                     price,
@@ -151,18 +171,45 @@ pub fn start(config: &LocalConfig) -> anyhow::Result<Vec<LocalModel>> {
                     WhisperModel::load(&path, whisper)
                         .map_err(|e| anyhow::anyhow!("model '{}': {e}", m.alias))?,
                 );
+                let mut provider = LocalTranscriptionProvider::new(
+                    name,
+                    Arc::clone(&model),
+                    whisper.workers + whisper.max_queue,
+                    config.max_audio_secs,
+                );
+                if let Some(d) = &first_diarizer {
+                    provider =
+                        provider.with_diarization(Arc::clone(&d.models), Arc::clone(&d.compute));
+                }
                 LocalModel {
                     alias: m.alias.clone(),
-                    provider: Arc::new(LocalTranscriptionProvider::new(
+                    provider: Arc::new(provider),
+                    engine: None,
+                    transcriber: Some(model),
+                    diarizer: None,
+                    max_batch: whisper.workers,
+                    max_queue: whisper.max_queue,
+                    price,
+                }
+            }
+            LocalKind::Diarization => {
+                let (_, d) = diarizers
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("model '{}': not loaded", m.alias))?;
+                LocalModel {
+                    alias: m.alias.clone(),
+                    provider: Arc::new(LocalDiarizationProvider::new(
                         name,
-                        Arc::clone(&model),
-                        whisper.workers + whisper.max_queue,
+                        Arc::clone(&d.models),
+                        Arc::clone(&d.compute),
+                        config.transcription_workers + config.transcription_queue,
                         config.max_audio_secs,
                     )),
                     engine: None,
-                    transcriber: Some(model),
-                    max_batch: whisper.workers,
-                    max_queue: whisper.max_queue,
+                    transcriber: None,
+                    diarizer: Some(d.models),
+                    max_batch: config.transcription_workers,
+                    max_queue: config.transcription_queue,
                     price,
                 }
             }
@@ -173,12 +220,49 @@ pub fn start(config: &LocalConfig) -> anyhow::Result<Vec<LocalModel>> {
     Ok(out)
 }
 
+/// Loaded diarisation models and the permits of their whole-file computations.
+#[derive(Clone)]
+struct Diarizer {
+    models: Arc<DiarizationModels>,
+    compute: Arc<tokio::sync::Semaphore>,
+}
+
+/// Loads the `kind = "diarization"` models, in config order.
+fn load_diarizers(
+    config: &LocalConfig,
+    model_dir: &std::path::Path,
+) -> anyhow::Result<Vec<(String, Diarizer)>> {
+    config
+        .models
+        .iter()
+        .filter(|m| m.kind == LocalKind::Diarization)
+        .map(|m| {
+            let segmentation = weights_path(m, model_dir)?;
+            let embedding_source = m.embedding.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("model '{}': no speaker embedding model", m.alias)
+            })?;
+            let embedding = source_path(m, embedding_source, model_dir)?;
+            let models = DiarizationModels::load(&segmentation, &embedding)
+                .map_err(|e| anyhow::anyhow!("model '{}': {e}", m.alias))?;
+            Ok((
+                m.alias.clone(),
+                Diarizer {
+                    models: Arc::new(models),
+                    compute: Arc::new(tokio::sync::Semaphore::new(
+                        config.transcription_workers.max(1),
+                    )),
+                },
+            ))
+        })
+        .collect()
+}
+
 /// The load of one local model, as `/load` reports it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelLoad {
     /// The alias.
     pub model: String,
-    /// `chat`, `embedding` or `transcription`.
+    /// `chat`, `embedding`, `transcription` or `diarization`.
     pub kind: String,
     /// Requests waiting to join the batch.
     pub queued: usize,
@@ -197,6 +281,18 @@ pub struct ModelLoad {
 impl LocalModel {
     /// This model's current load.
     pub fn load(&self) -> ModelLoad {
+        if self.diarizer.is_some() {
+            return ModelLoad {
+                model: self.alias.clone(),
+                kind: "diarization".into(),
+                queued: 0,
+                active: 0,
+                max_batch: self.max_batch,
+                max_queue: self.max_queue,
+                generated_tokens: 0,
+                prompt_tokens: 0,
+            };
+        }
         let (kind, queued, active, generated, prompt) = match (&self.engine, &self.transcriber) {
             (Some(e), _) => {
                 let s = e.stats();

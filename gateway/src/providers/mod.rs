@@ -12,6 +12,7 @@
 
 pub mod anthropic;
 pub mod local_chat;
+pub mod local_diarize;
 pub mod local_embed;
 pub mod local_transcribe;
 pub mod openai;
@@ -117,6 +118,8 @@ pub enum AudioTask {
     Transcription,
     /// Speech to English text.
     Translation,
+    /// Who spoke when (our extension).
+    Diarization,
 }
 
 impl AudioTask {
@@ -125,6 +128,7 @@ impl AudioTask {
         match self {
             Self::Transcription => "/audio/transcriptions",
             Self::Translation => "/audio/translations",
+            Self::Diarization => "/audio/diarizations",
         }
     }
 }

@@ -1,9 +1,13 @@
 //! `POST /v1/audio/transcriptions` and `/v1/audio/translations`: multipart forms served by a
 //! local whisper model or forwarded to the upstream that serves the model; its answer (json,
-//! text, srt, vtt, verbose_json) is passed through. The audio's seconds are the request's
-//! usage: metered, and settled against the session's budget (`audio_secs` ceilings).
+//! text, srt, vtt, verbose_json, diarized_json) is passed through. `POST
+//! /v1/audio/diarizations` (our extension) goes the same way to a diarisation model. The
+//! audio's seconds are the request's usage: metered, and settled against the session's budget
+//! (`audio_secs` ceilings).
 
-use aigw_models::openai::{TranscriptionBody, TranscriptionForm};
+use aigw_models::openai::{
+    DiarizationForm, DiarizationResponse, TranscriptionBody, TranscriptionForm,
+};
 use axum::Extension;
 use axum::extract::multipart::{Multipart, MultipartError};
 use axum::extract::{FromRequest, Request, State};
@@ -87,6 +91,40 @@ pub async fn create_translation(
     .await
 }
 
+/// Who spoke when: speaker turns of a whole file (our extension), computed by the streaming
+/// diarisation pipeline (diart's algorithm) run over the file as fast as the CPU allows.
+#[utoipa::path(
+    post,
+    path = "/v1/audio/diarizations",
+    tag = "Extensions",
+    request_body(content = DiarizationForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The speaker turns: JSON for `json`, RTTM text for `rttm`",
+            content(
+                (DiarizationResponse = "application/json"),
+                (String = "text/plain"),
+            )),
+        ApiErrors,
+    ),
+    security(("api_key" = []))
+)]
+pub async fn create_diarization(
+    state: State<AppState>,
+    principal: Extension<Principal>,
+    timing: Extension<RequestTiming>,
+    req: Request,
+) -> Response {
+    serve(
+        state,
+        principal,
+        timing,
+        req,
+        AudioTask::Diarization,
+        "/v1/audio/diarizations",
+    )
+    .await
+}
+
 async fn serve(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -149,7 +187,8 @@ fn audio_amount(secs: f64) -> aigw_state::budget::Amount {
     }
 }
 
-/// Reads the multipart form: `file` and `model` are required, other fields are kept.
+/// Reads the multipart form: `file` and `model` are required (for a diarisation, `model`
+/// defaults to the first local diarisation model), other fields are kept.
 async fn read_form(
     state: &AppState,
     req: Request,
@@ -191,9 +230,20 @@ async fn read_form(
     let (file_name, file_content_type, file) = file.ok_or_else(|| {
         GatewayError::bad_request("Missing required parameter: 'file'.", Some("file".into()))
     })?;
-    let model = model.filter(|m| !m.trim().is_empty()).ok_or_else(|| {
-        GatewayError::bad_request("Missing required parameter: 'model'.", Some("model".into()))
-    })?;
+    let default_model = || match task {
+        AudioTask::Diarization => state
+            .local_models()
+            .iter()
+            .find(|m| m.diarizer.is_some())
+            .map(|m| m.alias.clone()),
+        AudioTask::Transcription | AudioTask::Translation => None,
+    };
+    let model = model
+        .filter(|m| !m.trim().is_empty())
+        .or_else(default_model)
+        .ok_or_else(|| {
+            GatewayError::bad_request("Missing required parameter: 'model'.", Some("model".into()))
+        })?;
     Ok(AudioRequest {
         task,
         model,

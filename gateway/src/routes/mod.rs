@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderValue};
 
 use serde::Serialize;
 
-pub use audio::{create_transcription, create_translation};
+pub use audio::{create_diarization, create_transcription, create_translation};
 pub use chat::create_chat_completion;
 pub use completions::create_completion;
 pub use embeddings::create_embedding;
@@ -55,6 +55,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/audio/translations",
             post(create_translation).layer(DefaultBodyLimit::max(server.max_audio_body_bytes)),
+        )
+        .route(
+            "/v1/audio/diarizations",
+            post(create_diarization).layer(DefaultBodyLimit::max(server.max_audio_body_bytes)),
         )
         .route_layer(from_fn_with_state(state.clone(), ratelimit::enforce))
         .route_layer(from_fn_with_state(state.clone(), auth::require_key));

@@ -158,7 +158,9 @@ def local_check(fn):
 @local_check
 def local_models_listed():
     ids = [m.id for m in client.models.list()]
-    assert ids == ["smollm2-135m-instruct", "all-minilm-l6-v2", "whisper-tiny.en"], ids
+    assert ids == [
+        "smollm2-135m-instruct", "all-minilm-l6-v2", "whisper-tiny.en", "pyannote-segmentation-3.0",
+    ], ids
 
 
 @local_check
@@ -264,6 +266,10 @@ def local_transcriptions():
     assert all(s.avg_logprob < 0 and 0 <= s.no_speech_prob <= 1 for s in v.segments)
     heard(" ".join(w.word for w in v.words))
     assert all(a.start <= b.start for a, b in zip(v.words, v.words[1:])), v.words
+    d = audio.create(model="whisper-tiny.en", file=("clip.wav", wav), response_format="diarized_json")
+    assert d.task == "transcribe" and d.segments, d
+    assert all(s.type == "transcript.text.segment" and s.speaker == "speaker_0" for s in d.segments), d
+    heard(d.text)
     e = expect_error(openai.BadRequestError, 400, lambda: client.audio.translations.create(
         model="whisper-tiny.en", file=("clip.wav", wav)))
     assert "English-only" in e.body["message"], e.body

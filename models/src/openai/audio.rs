@@ -1,4 +1,5 @@
-//! `POST /v1/audio/transcriptions` and `/v1/audio/translations` (multipart forms).
+//! `POST /v1/audio/transcriptions` and `/v1/audio/translations` (multipart forms), and our
+//! extension `POST /v1/audio/diarizations`.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -120,13 +121,105 @@ pub struct TranscriptionVerbose {
     pub usage: Option<TranscriptionUsage>,
 }
 
-/// A JSON transcription answer: `json` (`text`, `usage`) or `verbose_json` (documentation
-/// schema).
+/// A JSON transcription answer: `json` (`text`, `usage`), `verbose_json` or `diarized_json`
+/// (documentation schema).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum TranscriptionBody {
     /// `verbose_json`.
     Verbose(TranscriptionVerbose),
+    /// `diarized_json`.
+    Diarized(TranscriptionDiarized),
     /// `json`.
     Json(TranscriptionResponse),
+}
+
+/// The `diarized_json` response of a transcription: the text in segments labelled by speaker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TranscriptionDiarized {
+    /// Always `transcribe`.
+    pub task: String,
+    /// Length of the audio in seconds.
+    pub duration: f64,
+    /// The whole text.
+    pub text: String,
+    /// The segments with their speakers.
+    pub segments: Vec<TranscriptionDiarizedSegment>,
+    /// Audio seconds billed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<TranscriptionUsage>,
+}
+
+/// One segment of a `diarized_json` transcript.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TranscriptionDiarizedSegment {
+    /// Always `transcript.text.segment`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its identifier (`seg_0`, `seg_1`, …).
+    pub id: String,
+    /// Start, seconds.
+    pub start: f64,
+    /// End, seconds.
+    pub end: f64,
+    /// Its text.
+    pub text: String,
+    /// Who said it (`speaker_0`, `speaker_1`, …).
+    pub speaker: String,
+}
+
+/// The multipart form of a diarisation request (documentation schema). The diarisation
+/// settings are optional and default to diart's.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DiarizationForm {
+    /// The audio file (wav, mp3, flac, ogg, …).
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+    /// Diarisation model (alias); the first one configured when absent.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `json` (default) or `rttm`.
+    #[serde(default)]
+    pub response_format: Option<String>,
+    /// Seconds between two analysis windows, 0.1–5 (default 0.5).
+    #[serde(default)]
+    pub step_s: Option<f64>,
+    /// Output latency of the streaming pipeline, `step_s`–5 s and at least 0.5 (default 0.5);
+    /// longer latencies average more windows.
+    #[serde(default)]
+    pub latency_s: Option<f64>,
+    /// Activity threshold of a speaker, 0–1 (default 0.6).
+    #[serde(default)]
+    pub tau_active: Option<f64>,
+    /// Mean activity over a window from which a speaker's centroid is updated (default 0.3).
+    #[serde(default)]
+    pub rho_update: Option<f64>,
+    /// Cosine distance past which a new speaker starts, 0–2 (default 1.0).
+    #[serde(default)]
+    pub delta_new: Option<f64>,
+    /// Most speakers, 1–100 (default 20).
+    #[serde(default)]
+    pub max_speakers: Option<u32>,
+}
+
+/// The `json` response of a diarisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DiarizationResponse {
+    /// Length of the audio in seconds.
+    pub duration: f64,
+    /// The speakers found, in order of first appearance.
+    pub speakers: Vec<String>,
+    /// Their turns, ordered by start.
+    pub segments: Vec<DiarizationSegment>,
+}
+
+/// One speaker turn of a diarisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DiarizationSegment {
+    /// `speaker_0`, `speaker_1`, …
+    pub speaker: String,
+    /// Start, seconds.
+    pub start: f64,
+    /// End, seconds.
+    pub end: f64,
 }

@@ -1,20 +1,23 @@
-//! A transcript in OpenAI's response formats: `json`, `verbose_json`, `text`, `srt`, `vtt`.
+//! A transcript in OpenAI's response formats: `json`, `verbose_json`, `diarized_json`, `text`,
+//! `srt`, `vtt`.
 
+use aigw_audio::diarize::SpeakerTurn;
 use aigw_audio::whisper::Transcript;
 use aigw_models::openai::{
-    TranscriptionResponse, TranscriptionSegment, TranscriptionUsage, TranscriptionVerbose,
-    TranscriptionWord,
+    TranscriptionDiarized, TranscriptionDiarizedSegment, TranscriptionResponse,
+    TranscriptionSegment, TranscriptionUsage, TranscriptionVerbose, TranscriptionWord,
 };
 use bytes::Bytes;
 
 use super::{Form, Format};
 use crate::providers::{AudioResponse, AudioTask, ProviderError};
 
-/// The answer in the requested format.
+/// The answer in the requested format (`turns`: the diarisation, for `diarized_json`).
 pub(super) fn render(
     form: &Form,
     task: AudioTask,
     t: &Transcript,
+    turns: &[SpeakerTurn],
 ) -> Result<AudioResponse, ProviderError> {
     let usage = TranscriptionUsage::duration(t.duration.ceil());
     let (content_type, body) = match form.format {
@@ -33,7 +36,7 @@ pub(super) fn render(
         Format::VerboseJson => {
             let body = TranscriptionVerbose {
                 task: match task {
-                    AudioTask::Transcription => "transcribe".into(),
+                    AudioTask::Transcription | AudioTask::Diarization => "transcribe".into(),
                     AudioTask::Translation => "translate".into(),
                 },
                 language: if task == AudioTask::Translation {
@@ -45,6 +48,16 @@ pub(super) fn render(
                 text: t.text.clone(),
                 segments: form.segments.then(|| segments(t)),
                 words: form.options.words.then(|| words(t)),
+                usage: Some(usage),
+            };
+            ("application/json", to_json(&body)?)
+        }
+        Format::DiarizedJson => {
+            let body = TranscriptionDiarized {
+                task: "transcribe".into(),
+                duration: round2(t.duration),
+                text: t.text.clone(),
+                segments: diarized_segments(t, turns),
                 usage: Some(usage),
             };
             ("application/json", to_json(&body)?)
@@ -86,6 +99,45 @@ fn segments(t: &Transcript) -> Vec<TranscriptionSegment> {
             no_speech_prob: s.no_speech_prob,
         })
         .collect()
+}
+
+/// The segments, each labelled with the speaker whose turns overlap it most (the nearest
+/// turn's speaker when none does; `speaker_0` when there are no turns at all).
+fn diarized_segments(t: &Transcript, turns: &[SpeakerTurn]) -> Vec<TranscriptionDiarizedSegment> {
+    t.segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| TranscriptionDiarizedSegment {
+            kind: "transcript.text.segment".into(),
+            id: format!("seg_{i}"),
+            start: round2(s.start),
+            end: round2(s.end),
+            text: s.text.trim().to_owned(),
+            speaker: speaker_of(s.start, s.end, turns),
+        })
+        .collect()
+}
+
+pub(super) fn speaker_of(start: f64, end: f64, turns: &[SpeakerTurn]) -> String {
+    let mut overlap: Vec<(&str, f64)> = Vec::new();
+    for turn in turns {
+        let shared = (turn.end.min(end) - turn.start.max(start)).max(0.0);
+        match overlap.iter_mut().find(|(s, _)| *s == turn.speaker) {
+            Some((_, total)) => *total += shared,
+            None => overlap.push((&turn.speaker, shared)),
+        }
+    }
+    let most = overlap
+        .iter()
+        .filter(|(_, total)| *total > 0.0)
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let gap = |turn: &SpeakerTurn| (turn.start - end).max(start - turn.end).max(0.0);
+    let nearest = || turns.iter().min_by(|a, b| gap(a).total_cmp(&gap(b)));
+    match (most, nearest()) {
+        (Some((speaker, _)), _) => (*speaker).to_owned(),
+        (None, Some(turn)) => turn.speaker.clone(),
+        (None, None) => "speaker_0".into(),
+    }
 }
 
 fn words(t: &Transcript) -> Vec<TranscriptionWord> {

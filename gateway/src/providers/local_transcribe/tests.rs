@@ -52,7 +52,7 @@ fn request(fields: &[(&str, &str)]) -> AudioRequest {
 
 fn body(form: &[(&str, &str)]) -> String {
     let form = parse_form(&request(form)).unwrap();
-    let resp = render(&form, AudioTask::Transcription, &transcript()).unwrap();
+    let resp = render(&form, AudioTask::Transcription, &transcript(), &[]).unwrap();
     String::from_utf8(resp.body.to_vec()).unwrap()
 }
 
@@ -117,8 +117,11 @@ fn bad_fields_are_named() {
     };
     assert_eq!(param(&[("response_format", "xml")]), "response_format");
     assert_eq!(
-        param(&[("response_format", "diarized_json")]),
-        "response_format"
+        param(&[
+            ("response_format", "diarized_json"),
+            ("timestamp_granularities[]", "word")
+        ]),
+        "timestamp_granularities"
     );
     assert_eq!(param(&[("temperature", "hot")]), "temperature");
     assert_eq!(param(&[("temperature", "1.5")]), "temperature");
@@ -161,4 +164,33 @@ fn too_long_audio_is_a_413_and_bad_audio_a_400() {
             ..
         }
     ));
+}
+
+#[test]
+fn diarized_json_labels_segments_by_overlap() {
+    let turn = |speaker: &str, start, end| aigw_audio::diarize::SpeakerTurn {
+        speaker: speaker.into(),
+        start,
+        end,
+        final_: true,
+    };
+    let form = parse_form(&request(&[("response_format", "diarized_json")])).unwrap();
+    let mut t = transcript();
+    t.segments[1].start = 2.0;
+    t.segments[1].end = 4.0;
+    let turns = [turn("speaker_0", 0.2, 2.5), turn("speaker_1", 2.6, 3.9)];
+    let resp = render(&form, AudioTask::Transcription, &t, &turns).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(json["task"], "transcribe");
+    assert_eq!(json["usage"]["type"], "duration");
+    assert_eq!(
+        json["segments"][0],
+        serde_json::json!({"type": "transcript.text.segment", "id": "seg_0", "start": 0.0,
+            "end": 1.5, "text": "Hello there.", "speaker": "speaker_0"})
+    );
+    // 0.5 s of speaker_0, 1.3 s of speaker_1.
+    assert_eq!(json["segments"][1]["speaker"], "speaker_1");
+    // No overlap: the nearest turn; no turns: speaker_0.
+    assert_eq!(render::speaker_of(5.0, 6.0, &turns), "speaker_1");
+    assert_eq!(render::speaker_of(5.0, 6.0, &[]), "speaker_0");
 }
