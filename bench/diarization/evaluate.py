@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Diarisation error rate of aigw's streaming diariser on pyannote.audio's sample clip.
+
+The clip is the real two-speaker recording shipped in the pyannote.audio wheel
+(`pyannote/audio/sample/sample.wav`, 30 s, 16 kHz mono, with `sample.rttm`). This script:
+
+1. fetches the wheel with pip (`pip download pyannote.audio==4.0.7 --no-deps`) unless
+   `--sample-dir` already holds `sample.wav` and `sample.rttm`;
+2. starts `aigw serve` (default `target/debug/aigw`; build it first) on a free port with only
+   the diarisation model (`pyannote-segmentation-3.0` + `campplus-sv`, installed by
+   `aigw models fetch --default`), or uses `--url` of a running server;
+3. posts the clip to `POST /v1/audio/diarizations` (`response_format=rttm`) at each latency
+   (0.5 s and 5 s, step 0.5 s, the other settings at their defaults), timing each request;
+4. scores each answer against `sample.rttm` with pyannote.metrics' DiarizationErrorRate
+   (optimal speaker mapping), collar 0 s and overlapping speech scored (`skip_overlap=False`),
+   i.e. the strictest convention; also the standard-NIST variant (collar 0.25 s, overlap
+   still scored) for comparison;
+5. writes `bench/results/<date>-diarization.json` and `.md`.
+
+Run it with a Python that has `pyannote.metrics` (e.g. `python3 -m venv .venv-diarization &&
+.venv-diarization/bin/pip install pyannote.metrics`):
+
+    cargo build -p aigw-gateway --bin aigw
+    .venv-diarization/bin/python bench/diarization/evaluate.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+import zipfile
+from pathlib import Path
+
+from pyannote.core import Annotation, Segment
+from pyannote.metrics.diarization import DiarizationErrorRate
+
+ROOT = Path(__file__).resolve().parents[2]
+WHEEL = "pyannote.audio==4.0.7"
+LATENCIES = (0.5, 5.0)
+STEP = 0.5
+
+CONFIG = """
+[server]
+listen = "127.0.0.1:{port}"
+
+[local]
+max_audio_secs = 600
+
+[[local.models]]
+name = "diarization"
+model = "pyannote-segmentation-3.0"
+embedding_model = "campplus-sv"
+"""
+
+
+def fetch_sample(dest: Path) -> Path:
+    """sample.wav and sample.rttm from the pyannote.audio wheel, unpacked into `dest`."""
+    if (dest / "sample.wav").exists() and (dest / "sample.rttm").exists():
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+         WHEEL, "-d", str(dest)],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    wheel = next(dest.glob("pyannote_audio-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        for name in ("sample.wav", "sample.rttm"):
+            (dest / name).write_bytes(z.read(f"pyannote/audio/sample/{name}"))
+    return dest
+
+
+def read_rttm(text: str, uri: str = "sample") -> Annotation:
+    ann = Annotation(uri=uri)
+    for i, line in enumerate(text.splitlines()):
+        f = line.split()
+        if len(f) < 8 or f[0] != "SPEAKER":
+            continue
+        start, dur = float(f[3]), float(f[4])
+        ann[Segment(start, start + dur), i] = f[7]
+    return ann
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(aigw: Path) -> tuple[subprocess.Popen, str, Path]:
+    port = free_port()
+    cfg = Path(tempfile.mkdtemp()) / "diarization.toml"
+    cfg.write_text(CONFIG.format(port=port))
+    log = cfg.with_suffix(".log")
+    proc = subprocess.Popen(
+        [str(aigw), "serve", "--config", str(cfg)],
+        stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+            return proc, url, log
+        except OSError:
+            if proc.poll() is not None:
+                sys.exit(f"aigw exited: see {log}")
+            time.sleep(0.2)
+    proc.kill()
+    sys.exit(f"aigw did not start: see {log}")
+
+
+def post(url: str, wav: bytes, fields: dict[str, str]) -> tuple[str, float]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for k, v in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="sample.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n".encode() + wav + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    req = urllib.request.Request(
+        f"{url}/v1/audio/diarizations", data=b"".join(parts), method="POST",
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        body = resp.read().decode()
+    return body, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--aigw", type=Path, default=ROOT / "target/debug/aigw")
+    ap.add_argument("--url", help="a running aigw serving a diarisation model (skips starting one)")
+    ap.add_argument("--sample-dir", type=Path, default=ROOT / "bench/results/tmp/pyannote-sample")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results")
+    args = ap.parse_args()
+
+    sample = fetch_sample(args.sample_dir)
+    wav = (sample / "sample.wav").read_bytes()
+    reference = read_rttm((sample / "sample.rttm").read_text())
+    duration = 30.0
+    proc = None
+    url = args.url
+    if url is None:
+        proc, url, _ = start_server(args.aigw)
+    rows = []
+    try:
+        for latency in LATENCIES:
+            fields = {"response_format": "rttm", "step_s": str(STEP), "latency_s": str(latency)}
+            post(url, wav, fields)  # warm-up
+            rttm, secs = post(url, wav, fields)
+            hyp = read_rttm(rttm)
+            strict = DiarizationErrorRate(collar=0.0, skip_overlap=False)
+            der = strict(reference, hyp, detailed=True)
+            nist = DiarizationErrorRate(collar=0.25, skip_overlap=False)(reference, hyp)
+            rows.append({
+                "latency_s": latency,
+                "step_s": STEP,
+                "der": round(der["diarization error rate"], 4),
+                "false_alarm_s": round(der["false alarm"], 3),
+                "missed_s": round(der["missed detection"], 3),
+                "confusion_s": round(der["confusion"], 3),
+                "scored_s": round(der["total"], 3),
+                "der_collar_0.25": round(nist, 4),
+                "speakers_found": len(hyp.labels()),
+                "turns": len(list(hyp.itertracks())),
+                "request_s": round(secs, 3),
+                "ms_per_step": round(1000 * secs / (duration / STEP), 1),
+                "rttm": rttm,
+            })
+            print(f"latency {latency} s: DER {der['diarization error rate']:.1%} "
+                  f"(collar 0, overlap scored), {len(hyp.labels())} speakers, "
+                  f"{secs:.2f} s for {duration:.0f} s of audio", file=sys.stderr)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    today = dt.date.today().isoformat()
+    cpu = platform.processor() or platform.machine()
+    result = {
+        "date": today,
+        "clip": f"pyannote/audio/sample/sample.wav from {WHEEL} (30 s, 2 speakers, 10 reference turns)",
+        "metric": "pyannote.metrics DiarizationErrorRate, optimal mapping",
+        "convention": "collar 0 s, overlapping speech scored (skip_overlap=False); der_collar_0.25 is the same with a 0.25 s collar",
+        "settings": "step 0.5 s, tau_active 0.6, rho_update 0.3, delta_new 1.0, max_speakers 20 (defaults)",
+        "server": "aigw serve (" + (str(args.aigw.relative_to(ROOT)) if args.url is None else args.url) + "), CANDLE_NUM_THREADS=" + os.environ.get("CANDLE_NUM_THREADS", "unset"),
+        "machine": f"{platform.system()} {cpu}, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.2f} at the end)",
+        "results": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{today}-diarization.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = [
+        f"# Diarisation on pyannote's sample clip ({today})",
+        "",
+        f"Clip: {result['clip']}. Scored with {result['metric']}; **{result['convention']}**.",
+        f"Settings: {result['settings']}. Server: {result['server']}; {result['machine']}.",
+        "",
+        "| latency | DER (collar 0, overlap scored) | false alarm | missed | confusion | DER (collar 0.25) | speakers | turns | request | per 0.5 s step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        md.append(
+            f"| {r['latency_s']} s | **{r['der']:.1%}** | {r['false_alarm_s']:.2f} s | {r['missed_s']:.2f} s "
+            f"| {r['confusion_s']:.2f} s | {r['der_collar_0.25']:.1%} | {r['speakers_found']} | {r['turns']} "
+            f"| {r['request_s']:.2f} s | {r['ms_per_step']:.0f} ms |"
+        )
+    md += [
+        "",
+        f"Scored speech: {rows[0]['scored_s']:.2f} s. The request time covers decoding and the whole",
+        "streaming pipeline over the file (60 windows of 5 s); per step = request time / 60.",
+        "Reproduce: `cargo build -p aigw-gateway --bin aigw && .venv-diarization/bin/python bench/diarization/evaluate.py`.",
+        "",
+    ]
+    (args.out / f"{today}-diarization.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
