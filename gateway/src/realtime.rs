@@ -9,6 +9,7 @@
 //! - [`connection`]: the socket's reader and writer; `transcribe`: its transcriber task.
 
 pub mod connection;
+pub mod diarize;
 pub mod input;
 pub mod protocol;
 pub mod session;

@@ -17,7 +17,8 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::protocol::{EventError, event};
+use super::diarize::{self, Diarization};
+use super::protocol::{EventError, error_event, event};
 use super::session::{Action, Session, decode_audio, failed};
 use super::transcribe::{Job, failed_item, model, transcribe_all};
 use crate::auth::Principal;
@@ -66,6 +67,7 @@ pub async fn serve(socket: WebSocket, peer: Peer, model_hint: Option<String>) {
     let mut out = Outbox {
         tx: &tx,
         jobs: &jobs,
+        diarization: None,
     };
     let created = session.config.to_json();
     let _ = out
@@ -101,6 +103,9 @@ pub async fn serve(socket: WebSocket, peer: Peer, model_hint: Option<String>) {
             break;
         }
     }
+    if let Some(d) = out.diarization.take() {
+        d.abort();
+    }
     drop(jobs);
     transcriber.abort();
     drop(tx);
@@ -112,6 +117,8 @@ pub async fn serve(socket: WebSocket, peer: Peer, model_hint: Option<String>) {
 struct Outbox<'a> {
     tx: &'a mpsc::Sender<Message>,
     jobs: &'a mpsc::Sender<Job>,
+    /// The default track's diariser, once audio arrives with diarisation on.
+    diarization: Option<Diarization>,
 }
 
 /// The connection is gone.
@@ -143,11 +150,16 @@ impl Outbox<'_> {
                                 prompt: c.prompt.clone(),
                                 ..TranscribeOptions::default()
                             };
+                            let turns = match (&utterance.track, &self.diarization) {
+                                (None, Some(d)) => Some(Arc::clone(&d.turns)),
+                                _ => None,
+                            };
                             self.jobs
                                 .send(Job {
                                     utterance,
                                     model,
                                     options,
+                                    turns,
                                 })
                                 .await
                                 .map_err(|_| Gone)?;
@@ -155,12 +167,67 @@ impl Outbox<'_> {
                         Err(e) => self.send(failed_item(&utterance, &e)).await?,
                     }
                 }
-                // Diarisation is not wired yet: the audio is dropped.
-                Action::Audio(_) => {}
+                Action::Audio { samples, start } => {
+                    self.diarize(peer, session, samples, start).await?
+                }
             }
         }
         Ok(())
     }
+}
+
+impl Outbox<'_> {
+    /// Feeds the default track's audio to the diariser, (re)starting it when the session's
+    /// settings changed.
+    async fn diarize(
+        &mut self,
+        peer: &Peer,
+        session: &Session,
+        samples: Vec<f32>,
+        start: f64,
+    ) -> Result<(), Gone> {
+        let Some(settings) = session.config.diarization.as_ref() else {
+            return Ok(());
+        };
+        if self
+            .diarization
+            .as_ref()
+            .is_some_and(|d| &d.settings != settings)
+        {
+            // Dropping the old one lets it finish its turns.
+            self.diarization = None;
+        }
+        if self.diarization.is_none() {
+            let started = diarize::config(settings).and_then(|config| {
+                let models = diarize::models(&peer.state).ok_or_else(unavailable)?;
+                Ok(Diarization::start(
+                    models,
+                    settings.clone(),
+                    config,
+                    start,
+                    self.tx.clone(),
+                ))
+            });
+            match started {
+                Ok(d) => self.diarization = Some(d),
+                Err(e) => return self.send(error_event(&e, None)).await,
+            }
+        }
+        if let Some(d) = &self.diarization
+            && !d.push(samples).await
+        {
+            self.diarization = None;
+        }
+        Ok(())
+    }
+}
+
+fn unavailable() -> EventError {
+    EventError::new(
+        "diarization_unavailable",
+        "This server has no diarisation model (a [[local.models]] entry of kind \"diarization\").",
+        Some("session.aigw_diarization"),
+    )
 }
 
 fn on_text(peer: &Peer, session: &mut Session, text: &str) -> Vec<Action> {
@@ -228,6 +295,10 @@ fn handle(peer: &Peer, session: &mut Session, v: &Value) -> Result<Vec<Action>, 
             next.update(s)?;
             if let Some(alias) = next.model.as_deref() {
                 model(peer, Some(alias))?;
+            }
+            if let Some(settings) = &next.diarization {
+                diarize::config(settings)?;
+                diarize::models(&peer.state).ok_or_else(unavailable)?;
             }
             session.update(s)?;
             let updated = kind.replace(".update", ".updated");

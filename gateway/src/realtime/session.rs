@@ -41,8 +41,13 @@ pub enum Action {
     Send(Value),
     /// Transcribe this utterance.
     Transcribe(Utterance),
-    /// The default track's new 16 kHz audio (for diarisation).
-    Audio(Vec<f32>),
+    /// The default track's new 16 kHz audio, for diarisation.
+    Audio {
+        /// The samples.
+        samples: Vec<f32>,
+        /// Where they start in the track, in seconds.
+        start: f64,
+    },
 }
 
 #[derive(Debug)]
@@ -119,6 +124,7 @@ impl Session {
         let manual = self.config.vad.is_none();
         let t = self.track(&track)?;
         let samples = t.converter.push(pcm);
+        let start = t.position as f64 / f64::from(TARGET_RATE);
         if manual && t.buffer.len() + samples.len() > MAX_BUFFER_SECS * TARGET_RATE as usize {
             return Err(EventError::new(
                 "input_audio_buffer_full",
@@ -130,7 +136,10 @@ impl Session {
         }
         let mut actions = Vec::new();
         if track.is_none() && self.config.diarization.is_some() && !samples.is_empty() {
-            actions.push(Action::Audio(samples.clone()));
+            actions.push(Action::Audio {
+                samples: samples.clone(),
+                start,
+            });
         }
         let t = self.track(&track)?;
         t.position += samples.len() as u64;

@@ -3,7 +3,8 @@
 //! budget before it runs and charged once it has a transcript; a failure (or a connection
 //! that goes away mid-way) releases the reservation, so nothing is charged twice or for
 //! nothing. Its events: one `delta` per whisper segment, `segment`s with the speaker for
-//! named tracks, then `completed` — or `failed`.
+//! named tracks (the track) and diarised sessions (the speaker with the most overlap), then
+//! `completed` — or `failed`.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::connection::Peer;
+use super::diarize::{TurnLog, speaker_of};
 use super::protocol::{EventError, event};
 use super::session::Utterance;
 
@@ -69,6 +71,8 @@ pub(super) struct Job {
     pub(super) utterance: Utterance,
     pub(super) model: Model,
     pub(super) options: TranscribeOptions,
+    /// The diariser's turns, for the default track of a diarised session.
+    pub(super) turns: Option<Arc<std::sync::Mutex<TurnLog>>>,
 }
 
 pub(super) fn failed_item(u: &Utterance, e: &EventError) -> Value {
@@ -97,13 +101,15 @@ pub(super) async fn transcribe_all(
     }
 }
 
-/// The events of one utterance: deltas and `completed` (with segments for named tracks), or
+/// The events of one utterance: deltas and `completed` (with segments and speakers for named
+/// tracks and diarised sessions), or
 /// `failed`. Its seconds are reserved against the budget first and charged once done.
 async fn transcribe(peer: &Peer, job: Job) -> Vec<Value> {
     let Job {
         utterance: u,
         model,
         options,
+        turns,
     } = job;
     let secs = u.samples.len() as f64 / 16_000.0;
     let budgets = peer.state.budgets();
@@ -156,15 +162,23 @@ async fn transcribe(peer: &Peer, job: Job) -> Vec<Value> {
             )
         })
         .collect();
-    if let Some(name) = track {
+    // The speaker: the track's name, else the diariser's turns (waiting for them to cover
+    // the utterance), else none.
+    let speaker = async |start: f64, end: f64| match (track, &turns) {
+        (Some(name), _) => Some(name.to_owned()),
+        (None, Some(log)) => speaker_of(log, start, end).await,
+        (None, None) => None,
+    };
+    if track.is_some() || turns.is_some() {
         for (i, s) in transcript.segments.iter().enumerate() {
+            let (start, end) = (u.start + s.start, u.start + s.end);
             events.push(event(
                 "conversation.item.input_audio_transcription.segment",
                 track,
                 json!({
                     "item_id": u.item_id, "content_index": 0, "id": format!("seg_{i}"),
-                    "text": s.text.trim(), "speaker": name,
-                    "start": u.start + s.start, "end": u.start + s.end,
+                    "text": s.text.trim(), "speaker": speaker(start, end).await,
+                    "start": start, "end": end,
                 }),
             ));
         }
@@ -173,7 +187,8 @@ async fn transcribe(peer: &Peer, job: Job) -> Vec<Value> {
         "item_id": u.item_id, "content_index": 0, "transcript": transcript.text,
         "usage": {"type": "duration", "seconds": (secs * 1000.0).round() / 1000.0},
     });
-    if let (Some(name), Some(obj)) = (track, done.as_object_mut()) {
+    if let (Some(name), Some(obj)) = (speaker(u.start, u.start + secs).await, done.as_object_mut())
+    {
         obj.insert("speaker".into(), json!(name));
     }
     events.push(event(

@@ -24,6 +24,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
+mod diarize;
 mod flows;
 mod sdk;
 mod tracks;
@@ -39,6 +40,11 @@ fn required() -> bool {
 
 /// `text` spoken by espeak-ng, as 16 kHz mono samples (`None` when the tools are missing).
 fn speech(text: &str) -> Option<Vec<f32>> {
+    speech_in("en-us", text)
+}
+
+/// `text` spoken by espeak-ng's `voice`, as 16 kHz mono samples.
+fn speech_in(voice: &str, text: &str) -> Option<Vec<f32>> {
     let entry = aigw_models::catalog::lookup(aigw_models::catalog::WHISPER_TINY_EN)?;
     let dir = aigw_models::store::model_dir();
     if !aigw_models::store::resolve(entry, &dir).is_ok_and(|r| r.is_present()) {
@@ -52,7 +58,7 @@ fn speech(text: &str) -> Option<Vec<f32>> {
     let tmp = tempfile::tempdir().unwrap();
     let wav = tmp.path().join("clip.wav");
     let ok = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "120", "-w"])
+        .args(["-v", voice, "-s", "120", "-w"])
         .arg(&wav)
         .arg(text)
         .status()

@@ -119,6 +119,12 @@ async fn malformed_events_get_error_events_and_the_connection_survives() {
     )
     .await;
     assert_eq!(e["param"], "aigw_track");
+    let e = error_for(
+        &mut c,
+        json!({"type": "session.update", "session": {"aigw_diarization": {"enabled": true}}}),
+    )
+    .await;
+    assert_eq!(e["code"], "diarization_unavailable");
     // Still served, and the failed updates changed nothing.
     let s = c.update(json!({})).await;
     assert_eq!(s["session"]["input_audio_format"], "pcm16");
