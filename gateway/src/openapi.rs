@@ -80,6 +80,7 @@ impl Modify for ApiKeyAuth {
         routes::audio::create_transcription,
         routes::audio::create_translation,
         routes::audio::create_diarization,
+        crate::realtime::connect,
         routes::ops::health,
         routes::ops::ready,
         routes::ops::metrics,

@@ -74,9 +74,20 @@ fn protocol_key(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Opens a realtime transcription session.
+///
+/// A WebSocket speaking OpenAI's Realtime transcription-session events: client
+/// `transcription_session.update` / `session.update`, `input_audio_buffer.append` (base64
+/// PCM16, 24 kHz mono by default), `input_audio_buffer.commit`, `input_audio_buffer.clear`;
+/// server `…created`, `…updated`, `input_audio_buffer.speech_started` / `speech_stopped` /
+/// `committed` / `cleared`, `conversation.item.input_audio_transcription.delta` /
+/// `completed` / `segment` / `failed`, and `error`. Extensions (`aigw_`): binary PCM16
+/// frames, `aigw_input` (16/24/48 kHz, 1–2 channels), named tracks (`aigw_track`),
+/// `aigw_diarization` with `diarization.speaker_turn` events. The key may also come as the
+/// `openai-insecure-api-key.<key>` subprotocol.
 #[utoipa::path(
     get,
     path = "/v1/realtime",
+    operation_id = "create_realtime_transcription_session",
     tag = "OpenAI",
     params(
         ("intent" = Option<String>, Query, description = "`transcription` (the only kind served)"),
