@@ -24,6 +24,16 @@ pub struct LoadedModel {
 
 /// Loads a GGUF file (llama, mistral or qwen2 architecture).
 pub fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel, LlmError> {
+    load_gguf_as(path, device, false)
+}
+
+/// Loads a GGUF file with every weight dequantized to f32: a reference for checking the
+/// quantized kernels (several times the memory and much slower; not for serving).
+pub fn load_gguf_dense(path: &Path, device: &Device) -> Result<LoadedModel, LlmError> {
+    load_gguf_as(path, device, true)
+}
+
+fn load_gguf_as(path: &Path, device: &Device, dense: bool) -> Result<LoadedModel, LlmError> {
     let mut file =
         std::fs::File::open(path).map_err(|e| LlmError::Io(format!("{}: {e}", path.display())))?;
     let ct = gguf_file::Content::read(&mut file)
@@ -45,6 +55,9 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel, LlmError> 
     let lin = |t: Arc<candle_core::quantized::QTensor>,
                bias: Option<Tensor>|
      -> Result<Linear, LlmError> {
+        if dense {
+            return Ok(Linear::new(QMatMul::Tensor(t.dequantize(device)?), bias));
+        }
         if cpu && t.dtype() == candle_core::quantized::GgmlDType::Q4_1 {
             let (rows, cols) = t.shape().dims2()?;
             if let Some(m) = Q4Matrix::from_ggml_bytes(&t.data()?, rows, cols) {
