@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -246,4 +246,71 @@ async fn audio_seconds_are_budgeted_and_metered() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the session gauge did not go back to 0");
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_not_buffered_for() {
+    if fox().is_none() {
+        return;
+    }
+    let addr = serve("").await;
+    let mut c = Client::connect(&addr).await;
+    // Every malformed event earns an error event; never reading them, the client soon finds
+    // the server has stopped reading too (its queue and the socket buffers are full).
+    let mut sent = 0u64;
+    let stalled = loop {
+        let send = c.ws.send(Message::Text("{".into()));
+        if tokio::time::timeout(Duration::from_millis(500), send)
+            .await
+            .is_err()
+        {
+            break true;
+        }
+        sent += 1;
+        if sent == 2_000_000 {
+            break false;
+        }
+    };
+    assert!(
+        stalled,
+        "the server kept reading {sent} events without being read"
+    );
+    // Reading again, every error comes out (the one whose send timed out may still be on
+    // its way), and the session still answers.
+    for _ in 0..sent {
+        let e = c.next().await;
+        assert_eq!(e["error"]["code"], "invalid_json", "{e}");
+        // Keep the test's memory flat too.
+        c.events.clear();
+    }
+    c.send(json!({"type": "transcription_session.update", "session": {}}))
+        .await;
+    loop {
+        let e = c.next().await;
+        if e["type"] == "transcription_session.updated" {
+            break;
+        }
+        assert_eq!(e["error"]["code"], "invalid_json", "{e}");
+    }
+    eprintln!("stalled after {sent} unread events");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_connections_are_closed() {
+    if fox().is_none() {
+        return;
+    }
+    let addr = serve("").await;
+    let mut c = Client::connect(&addr).await;
+    // No client message for the idle timeout (60 s, on the paused clock): a close frame.
+    let msg = loop {
+        match c.ws.next().await {
+            Some(Ok(Message::Text(_))) => continue,
+            other => break other,
+        }
+    };
+    match msg {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.reason.as_str(), "idle timeout"),
+        other => panic!("expected a close frame: {other:?}"),
+    }
 }
