@@ -47,14 +47,6 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
-{{- define "aigw.workerImage" -}}
-{{- if .Values.worker.gpu.enabled -}}
-{{- printf "%s:%s" .Values.image.cudaRepository (default (printf "%s-cuda" .Chart.AppVersion) .Values.image.cudaTag) -}}
-{{- else -}}
-{{- include "aigw.image" . -}}
-{{- end -}}
-{{- end -}}
-
 {{- define "aigw.fetchImage" -}}
 {{- printf "%s:%s" .Values.image.fetchRepository (default (printf "%s-fetch" .Chart.AppVersion) .Values.image.fetchTag) -}}
 {{- end -}}
@@ -79,11 +71,26 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- range $name, $p := .Values.fallback -}}
 {{- if and $p.enabled $p.api_key_env -}}{{- $keys = append $keys $p.api_key_env -}}{{- end -}}
 {{- end -}}
-{{- if .Values.redis.enabled -}}
-{{- if .Values.redis.auth.enabled -}}{{- $keys = append $keys .Values.redis.auth.passwordKey -}}{{- end -}}
-{{- else if .Values.externalRedis.enabled -}}
-{{- $keys = append $keys .Values.externalRedis.urlKey -}}
+{{- $keys = concat $keys (include "aigw.redis.secretKeys" . | splitList "\n" | compact) -}}
+{{- join "\n" (uniq $keys) -}}
 {{- end -}}
+
+{{/* Secret keys a Redis client reads (the password or the external URL). */}}
+{{- define "aigw.redis.secretKeys" -}}
+{{- if .Values.redis.enabled -}}
+{{- if .Values.redis.auth.enabled -}}{{ .Values.redis.auth.passwordKey }}{{- end -}}
+{{- else if .Values.externalRedis.enabled -}}
+{{ .Values.externalRedis.urlKey }}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret keys the audio worker reads: the clients' API keys and Redis's. */}}
+{{- define "aigw.audioWorker.secretKeys" -}}
+{{- $keys := list -}}
+{{- range .Values.gateway.apiKeys -}}
+{{- if .key_env -}}{{- $keys = append $keys .key_env -}}{{- end -}}
+{{- end -}}
+{{- $keys = concat $keys (include "aigw.redis.secretKeys" . | splitList "\n" | compact) -}}
 {{- join "\n" (uniq $keys) -}}
 {{- end -}}
 

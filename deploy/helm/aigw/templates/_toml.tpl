@@ -1,5 +1,5 @@
 {{/*
-The two aigw.toml files, written from values. A small TOML writer: scalars and lists as
+The aigw.toml files (gateway, worker, audio worker), written from values. A small TOML writer: scalars and lists as
 JSON (a JSON string, number, bool or array of them is also valid TOML), maps as tables.
 `aigw config check` runs on the result in scripts/check-deploy.
 */}}
@@ -70,14 +70,9 @@ per map. Call with (list "path." map); nulls are left out.
 {{- range .Values.gateway.apiKeys }}
 
 [[auth.keys]]
-{{- include "aigw.toml.table" (list "auth.keys." .) }}
+{{- include "aigw.toml.table" (list "auth.keys." (omit . "audioModels")) }}
 {{- end }}
-{{- if include "aigw.redisUsed" . }}
-
-[state]
-redis_url_env = {{ ternary .Values.externalRedis.urlKey "AIGW_REDIS_URL" (and (not .Values.redis.enabled) .Values.externalRedis.enabled) | toJson }}
-{{- include "aigw.toml.table" (list "state." (omit (default dict .Values.state) "redis_url_env")) }}
-{{- end }}
+{{- include "aigw.stateToml" . }}
 {{- range $k := omit $cfg "server" | keys | sortAlpha }}
 {{- $v := get $cfg $k }}
 {{- if kindIs "map" $v }}
@@ -147,6 +142,16 @@ deployments = [
 {{- end }}
 {{- end -}}
 
+{{/* [state] when Redis is used (gateways and the audio worker share it). */}}
+{{- define "aigw.stateToml" -}}
+{{- if include "aigw.redisUsed" . }}
+
+[state]
+redis_url_env = {{ ternary .Values.externalRedis.urlKey "AIGW_REDIS_URL" (and (not .Values.redis.enabled) .Values.externalRedis.enabled) | toJson }}
+{{- include "aigw.toml.table" (list "state." (omit (default dict .Values.state) "redis_url_env")) }}
+{{- end }}
+{{- end -}}
+
 {{/* The worker's aigw.toml. */}}
 {{- define "aigw.worker.toml" -}}
 # aigw worker, rendered by the aigw Helm chart ({{ .Chart.Version }}): local models only,
@@ -160,22 +165,77 @@ listen = {{ printf "0.0.0.0:%v" .Values.worker.port | toJson }}
 name = "gateway"
 key_env = {{ .Values.worker.auth.key_env | toJson }}
 {{- end }}
-
-[local]
-device = {{ ternary "cuda" "cpu" .Values.worker.gpu.enabled | toJson }}
-model_dir = "/models"
-{{- include "aigw.toml.table" (list "local." (omit (default dict .Values.worker.local) "device" "model_dir" "models")) }}
-{{- if not .Values.worker.models }}
-{{- fail "worker.models: the worker needs at least one model" }}
-{{- end }}
-{{- range .Values.worker.models }}
-
-[[local.models]]
-{{- include "aigw.toml.table" (list "local.models." .) }}
-{{- end }}
+{{ include "aigw.localWorker.localToml" (dict "role" "worker" "key" "worker" "w" .Values.worker) }}
 {{- with .Values.worker.extraConfig }}
 
 # worker.extraConfig
+{{ . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The audio worker's aigw.toml. Clients reach it directly through the Ingress (/v1/realtime,
+/v1/audio/...), so it authenticates them with the gateway's API keys and keeps rate limits
+and budgets in the gateway's [state] with the gateway's [budgets]: one ledger for tokens,
+dollars and audio seconds.
+*/}}
+{{- define "aigw.audioWorker.toml" -}}
+{{- $a := .Values.audioWorker -}}
+{{- $cfg := default dict $a.config -}}
+# aigw audio worker, rendered by the aigw Helm chart ({{ .Chart.Version }}): local whisper and
+# diarisation models, the realtime WebSocket; the gateway's API keys, [state] and [budgets].
+
+[server]
+{{- include "aigw.toml.table" (list "server." (merge (dict "listen" (printf "0.0.0.0:%v" $a.port)) (default dict $cfg.server))) }}
+{{- if not .Values.gateway.apiKeys }}
+{{- fail "gateway.apiKeys: at least one API key is required (the audio worker shares them)" }}
+{{- end }}
+{{- $served := list }}
+{{- range $a.models }}{{ $served = append $served .name }}{{ end }}
+{{- range .Values.gateway.apiKeys }}
+{{- /* A key's models here: its audioModels, else its models served here ("*" kept); a key
+       left with none cannot use audio and is left out. */}}
+{{- $key := omit . "audioModels" "models" }}
+{{- $models := list }}
+{{- if hasKey . "audioModels" }}
+{{- $models = .audioModels }}
+{{- else if hasKey . "models" }}
+{{- range .models }}{{ if or (eq . "*") (has . $served) }}{{ $models = append $models . }}{{ end }}{{ end }}
+{{- else }}
+{{- $models = list "*" }}
+{{- end }}
+{{- if $models }}
+
+[[auth.keys]]
+{{- include "aigw.toml.table" (list "auth.keys." (set $key "models" $models)) }}
+{{- end }}
+{{- end }}
+{{- include "aigw.stateToml" . }}
+{{- with .Values.gateway.config.budgets }}
+{{- /* The same policies; a downgrade to a model this worker does not serve (a chat alias)
+       is the gateway's business and left out here. */}}
+{{- $budgets := deepCopy . }}
+{{- range $name, $p := (default dict $budgets.policies) }}
+{{- if and (kindIs "map" $p) $p.downgrade_to (not (has $p.downgrade_to $served)) }}
+{{- $_ := set $budgets.policies $name (omit $p "downgrade_to" "downgrade_at") }}
+{{- end }}
+{{- end }}
+
+[budgets]
+{{- include "aigw.toml.table" (list "budgets." $budgets) }}
+{{- end }}
+{{- range $k := omit $cfg "server" | keys | sortAlpha }}
+{{- $v := get $cfg $k }}
+{{- if kindIs "map" $v }}
+
+[{{ include "aigw.toml.key" $k }}]
+{{- include "aigw.toml.table" (list (printf "%s." $k) $v) }}
+{{- end }}
+{{- end }}
+{{ include "aigw.localWorker.localToml" (dict "role" "audio worker" "key" "audioWorker" "w" $a) }}
+{{- with $a.extraConfig }}
+
+# audioWorker.extraConfig
 {{ . }}
 {{- end }}
 {{- end -}}
