@@ -184,7 +184,7 @@ def check_manifests(rendered, out_dir, versions):
 def check_metrics(metrics_rs, files):
     src = open(metrics_rs).read()
     # Registry::new_custom(Some("aigw".into()), ...) prefixes every name with aigw_.
-    known = {"aigw_" + n for n in re.findall(r'"([a-z_]+(?:_total|_seconds|_depth|_sequences|_in_flight|_up|_state))"', src)}
+    known = {"aigw_" + n for n in re.findall(r'"([a-z_]+(?:_total|_seconds|_depth|_sequences|_sessions|_in_flight|_up|_state))"', src)}
     if len(known) < 10:
         fail(f"found only {sorted(known)} in {metrics_rs}: the pattern no longer matches it")
     used = set()
