@@ -65,6 +65,17 @@ struct Track {
     item_id: Option<String>,
 }
 
+impl Track {
+    /// Moves what the converter holds into the buffer (the stream is cut here). Only
+    /// without a detector, or when replacing it: the detector's position must follow the
+    /// track's.
+    fn flush_converter(&mut self) {
+        let mut tail = self.converter.flush();
+        self.position += tail.len() as u64;
+        self.buffer.append(&mut tail);
+    }
+}
+
 /// A session: its settings and tracks.
 #[derive(Debug, Default)]
 pub struct Session {
@@ -111,8 +122,12 @@ impl Session {
         self.config.update(session)?;
         if before != (self.config.input, self.config.vad) {
             for t in self.tracks.values_mut() {
+                // What the old format left half-converted is kept; the detector restarts
+                // at the track's current position (its speech in progress is forgotten).
+                t.flush_converter();
                 t.converter = Converter::new(self.config.input);
-                t.vad = self.config.vad.map(Vad::new);
+                t.unframed.clear();
+                t.vad = self.config.vad.map(|v| Vad::starting_at(v, t.position));
                 t.item_id = None;
             }
         }
@@ -193,7 +208,7 @@ impl Session {
                     name,
                     json!({"audio_end_ms": ms(at), "item_id": item_id}),
                 )));
-                let upto = (at - t.buffer_start) as usize;
+                let upto = at.saturating_sub(t.buffer_start) as usize;
                 self.commit_upto(track, upto, item_id, out);
             }
             None => {
@@ -202,13 +217,14 @@ impl Session {
                     // Too long: commit what there is and go on with a new item.
                     vad.reset();
                     let item_id = t.item_id.clone().unwrap_or_else(|| new_id("item"));
-                    let upto = (vad.position() - t.buffer_start) as usize;
+                    let upto = vad.position().saturating_sub(t.buffer_start) as usize;
                     self.commit_upto(track, upto, item_id, out);
                 } else if !speaking {
-                    // Idle: keep only the padding (and the onset) the next start may need.
+                    // Idle: keep only the padding (and the onset) the next start may need,
+                    // counted back from the detector's position (the buffer may already hold
+                    // later samples of the same append).
                     let keep = padding + 3 * FRAME as u64;
-                    let end = t.buffer_start + t.buffer.len() as u64;
-                    let from = end.saturating_sub(keep).max(t.buffer_start);
+                    let from = vad.position().saturating_sub(keep).max(t.buffer_start);
                     t.buffer.drain(..(from - t.buffer_start) as usize);
                     t.buffer_start = from;
                 }
@@ -250,10 +266,9 @@ impl Session {
     /// `input_audio_buffer.commit`: everything `track` holds becomes an item.
     pub fn commit(&mut self, track: Option<String>) -> Result<Vec<Action>, EventError> {
         let t = self.track(&track)?;
-        let mut tail = t.converter.flush();
-        t.position += tail.len() as u64;
-        t.buffer.append(&mut tail);
-        t.unframed.clear();
+        if t.vad.is_none() {
+            t.flush_converter();
+        }
         let speaking = t.vad.as_ref().is_some_and(Vad::speaking);
         let empty = ms(t.buffer.len() as u64) < MIN_COMMIT_MS || (t.vad.is_some() && !speaking);
         if empty {
@@ -278,10 +293,11 @@ impl Session {
     /// `input_audio_buffer.clear`: `track`'s buffered audio is dropped.
     pub fn clear(&mut self, track: Option<String>) -> Result<Vec<Action>, EventError> {
         let t = self.track(&track)?;
-        let _ = t.converter.flush();
+        if t.vad.is_none() {
+            t.flush_converter();
+        }
         t.buffer_start += t.buffer.len() as u64;
         t.buffer.clear();
-        t.unframed.clear();
         t.item_id = None;
         if let Some(vad) = t.vad.as_mut() {
             vad.reset();
@@ -316,3 +332,6 @@ pub fn decode_audio(b64: &str) -> Result<Vec<u8>, EventError> {
 pub fn failed(err: &EventError, client_event_id: Option<&str>) -> Action {
     Action::Send(error_event(err, client_event_id))
 }
+
+#[cfg(test)]
+mod tests;

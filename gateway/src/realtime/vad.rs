@@ -64,20 +64,28 @@ pub struct Vad {
     speaking: bool,
     run: u32,
     silent_frames: u32,
-    /// Samples seen (whole frames).
+    /// Samples seen (whole frames), counted from the track's start.
     position: u64,
+    /// Where the detector started (its warm-up runs from there).
+    origin: u64,
 }
 
 impl Vad {
     /// A detector with `config`.
     pub fn new(config: VadConfig) -> Self {
+        Self::starting_at(config, 0)
+    }
+
+    /// A detector whose first frame is sample `position` of the track.
+    pub fn starting_at(config: VadConfig, position: u64) -> Self {
         Self {
             config,
             floor_db: MIN_FLOOR_DB,
             speaking: false,
             run: 0,
             silent_frames: 0,
-            position: 0,
+            position,
+            origin: position,
         }
     }
 
@@ -108,10 +116,10 @@ impl Vad {
         let db = 10.0 * energy.max(1e-12).log10();
         let start = self.position;
         self.position += frame.len() as u64;
-        if start < WARMUP_FRAMES * FRAME as u64 {
+        if start - self.origin < WARMUP_FRAMES * FRAME as u64 {
             // Speech from the first frame must not pass for the floor: it is capped.
             let db = db.min(WARMUP_CAP_DB);
-            self.floor_db = if start == 0 {
+            self.floor_db = if start == self.origin {
                 db
             } else {
                 self.floor_db.min(db)
