@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Diarisation error rate of aigw's streaming diariser on pyannote.audio's sample clip.
+"""Diarisation error rate of aigw's streaming diariser on pyannote.audio's sample clip and on
+a synthetic set of espeak-ng conversations.
 
 The clip is the real two-speaker recording shipped in the pyannote.audio wheel
 (`pyannote/audio/sample/sample.wav`, 30 s, 16 kHz mono, with `sample.rttm`). This script:
@@ -15,7 +16,12 @@ The clip is the real two-speaker recording shipped in the pyannote.audio wheel
    (optimal speaker mapping), collar 0 s and overlapping speech scored (`skip_overlap=False`),
    i.e. the strictest convention; also the standard-NIST variant (collar 0.25 s, overlap
    still scored) for comparison;
-5. writes `bench/results/<date>-diarization.json` and `.md`.
+5. does the same for a synthetic set made here with espeak-ng (`--synthetic`, on by default):
+   for 2, 3 and 4 speakers, two conversations each of 10 turns by distinct voices (a fixed
+   seed picks who speaks and the gaps, from -0.6 s, an overlap, to 0.8 s), with an exact
+   reference (each utterance trimmed to its first and last sample above 1 % of full scale);
+   DER is accumulated over the conversations of each size;
+6. writes `bench/results/<date>-diarization.json` and `.md`.
 
 Run it with a Python that has `pyannote.metrics` (e.g. `python3 -m venv .venv-diarization &&
 .venv-diarization/bin/pip install pyannote.metrics`):
@@ -41,6 +47,10 @@ import uuid
 import zipfile
 from pathlib import Path
 
+import random
+import wave
+
+import numpy as np
 from pyannote.core import Annotation, Segment
 from pyannote.metrics.diarization import DiarizationErrorRate
 
@@ -48,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WHEEL = "pyannote.audio==4.0.7"
 LATENCIES = (0.5, 5.0)
 STEP = 0.5
+EXTRA: dict[str, str] = {}
 
 CONFIG = """
 [server]
@@ -89,6 +100,62 @@ def read_rttm(text: str, uri: str = "sample") -> Annotation:
         start, dur = float(f[3]), float(f[4])
         ann[Segment(start, start + dur), i] = f[7]
     return ann
+
+
+VOICES = ["en-us+m3", "en+f3", "en-gb-scotland+m1", "en-us+f4"]
+LINES = [
+    "The dragon sleeps under the mountain and nobody dares to wake it.",
+    "Then we shall sneak past it quietly and take the golden cup.",
+    "That is a terrible plan, but I have nothing better to offer.",
+    "Roll for initiative, everyone, the goblins are coming closer.",
+    "I cast a shield spell on the wizard before the arrows land.",
+    "We should rest at the inn and ask the innkeeper about the road north.",
+    "My character does not trust the merchant with the silver ring.",
+    "The bridge is broken, so we need to find another way across the river.",
+    "I search the chest for traps before anyone touches the lock.",
+    "Let us split the treasure evenly and move on before nightfall.",
+]
+
+
+def speak(voice: str, text: str, tmp: Path) -> np.ndarray:
+    path = tmp / "say.wav"
+    subprocess.run(["espeak-ng", "-v", voice, "-s", "160", "-w", str(path), text], check=True)
+    with wave.open(str(path)) as w:
+        assert w.getframerate() == 22050 and w.getsampwidth() == 2
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32) / 32768
+    loud = np.flatnonzero(np.abs(x) > 0.01)
+    return x[loud[0]:loud[-1] + 1]
+
+
+def conversation(n_speakers: int, seed: int, tmp: Path) -> tuple[bytes, Annotation]:
+    """A 22.05 kHz wav of 10 turns among `n_speakers` voices, and its reference."""
+    rng = random.Random(seed)
+    rate = 22050
+    turns = []
+    speaker = rng.randrange(n_speakers)
+    for i in range(10):
+        if i > 0:
+            speaker = rng.choice([s for s in range(n_speakers) if s != speaker])
+        turns.append((speaker, rng.choice(LINES), rng.uniform(-0.6, 0.8)))
+    clips = [(s, speak(VOICES[s], text, tmp), gap) for s, text, gap in turns]
+    mix = np.zeros(int(rate * (sum(len(c) / rate + max(g, 0) for _, c, g in clips) + 1)), np.float32)
+    ref = Annotation(uri="synthetic")
+    at = int(0.5 * rate)
+    for i, (s, clip, gap) in enumerate(clips):
+        if i > 0:
+            at = max(int(0.3 * rate), at + int(gap * rate))
+        mix[at:at + len(clip)] += clip
+        ref[Segment(at / rate, (at + len(clip)) / rate), i] = f"voice{s}"
+        at += len(clip)
+    mix = mix[:at + int(0.5 * rate)]
+    pcm = (np.clip(mix, -1, 1) * 32767).astype("<i2").tobytes()
+    out = tmp / "mix.wav"
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return out.read_bytes(), ref
 
 
 def free_port() -> int:
@@ -139,13 +206,47 @@ def post(url: str, wav: bytes, fields: dict[str, str]) -> tuple[str, float]:
     return body, time.perf_counter() - t0
 
 
+def evaluate_synthetic(url: str) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = {n: [conversation(n, 100 * n + k, Path(tmp)) for k in range(2)] for n in (2, 3, 4)}
+        for n, convs in sets.items():
+            for latency in LATENCIES:
+                metric = DiarizationErrorRate(collar=0.0, skip_overlap=False)
+                found = []
+                for wav, ref in convs:
+                    fields = {"response_format": "rttm", "step_s": str(STEP), "latency_s": str(latency), **EXTRA}
+                    rttm, _ = post(url, wav, fields)
+                    hyp = read_rttm(rttm, uri="synthetic")
+                    metric(ref, hyp)
+                    found.append(len(hyp.labels()))
+                d = metric[:]
+                rows.append({
+                    "speakers": n,
+                    "conversations": len(convs),
+                    "latency_s": latency,
+                    "der": round(abs(metric), 4),
+                    "false_alarm_s": round(d["false alarm"], 3),
+                    "missed_s": round(d["missed detection"], 3),
+                    "confusion_s": round(d["confusion"], 3),
+                    "scored_s": round(d["total"], 3),
+                    "speakers_found": "/".join(map(str, found)),
+                })
+                print(f"synthetic {n} speakers, latency {latency} s: DER {abs(metric):.1%}", file=sys.stderr)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--aigw", type=Path, default=ROOT / "target/debug/aigw")
     ap.add_argument("--url", help="a running aigw serving a diarisation model (skips starting one)")
     ap.add_argument("--sample-dir", type=Path, default=ROOT / "bench/results/tmp/pyannote-sample")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results")
+    ap.add_argument("--no-synthetic", action="store_true", help="only pyannote's sample")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="another diarisation setting for every request (e.g. delta_new=0.8)")
     args = ap.parse_args()
+    EXTRA.update(kv.split("=", 1) for kv in args.set)
 
     sample = fetch_sample(args.sample_dir)
     wav = (sample / "sample.wav").read_bytes()
@@ -158,7 +259,7 @@ def main() -> None:
     rows = []
     try:
         for latency in LATENCIES:
-            fields = {"response_format": "rttm", "step_s": str(STEP), "latency_s": str(latency)}
+            fields = {"response_format": "rttm", "step_s": str(STEP), "latency_s": str(latency), **EXTRA}
             post(url, wav, fields)  # warm-up
             rttm, secs = post(url, wav, fields)
             hyp = read_rttm(rttm)
@@ -183,6 +284,7 @@ def main() -> None:
             print(f"latency {latency} s: DER {der['diarization error rate']:.1%} "
                   f"(collar 0, overlap scored), {len(hyp.labels())} speakers, "
                   f"{secs:.2f} s for {duration:.0f} s of audio", file=sys.stderr)
+        synthetic = [] if args.no_synthetic else evaluate_synthetic(url)
     finally:
         if proc is not None:
             proc.terminate()
@@ -195,10 +297,11 @@ def main() -> None:
         "clip": f"pyannote/audio/sample/sample.wav from {WHEEL} (30 s, 2 speakers, 10 reference turns)",
         "metric": "pyannote.metrics DiarizationErrorRate, optimal mapping",
         "convention": "collar 0 s, overlapping speech scored (skip_overlap=False); der_collar_0.25 is the same with a 0.25 s collar",
-        "settings": "step 0.5 s, tau_active 0.6, rho_update 0.3, delta_new 1.0, max_speakers 20 (defaults)",
+        "settings": "step 0.5 s, " + (", ".join(f"{k} {v}" for k, v in EXTRA.items()) + ", other settings at their defaults" if EXTRA else "tau_active 0.6, rho_update 0.3, delta_new 1.0, max_speakers 20 (defaults)"),
         "server": "aigw serve (" + (str(args.aigw.relative_to(ROOT)) if args.url is None else args.url) + "), CANDLE_NUM_THREADS=" + os.environ.get("CANDLE_NUM_THREADS", "unset"),
         "machine": f"{platform.system()} {cpu}, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.2f} at the end)",
         "results": rows,
+        "synthetic": synthetic,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{today}-diarization.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -217,6 +320,21 @@ def main() -> None:
             f"| {r['confusion_s']:.2f} s | {r['der_collar_0.25']:.1%} | {r['speakers_found']} | {r['turns']} "
             f"| {r['request_s']:.2f} s | {r['ms_per_step']:.0f} ms |"
         )
+    if synthetic:
+        md += [
+            "",
+            "Synthetic set: espeak-ng conversations (10 turns each, gaps from -0.6 s to 0.8 s, so some",
+            "turns overlap), DER over the conversations of each size, same convention (collar 0,",
+            "overlap scored):",
+            "",
+            "| speakers | conversations | speech | latency | DER | false alarm | missed | confusion | speakers found |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in synthetic:
+            md.append(
+                f"| {r['speakers']} | {r['conversations']} | {r['scored_s']:.0f} s | {r['latency_s']} s | **{r['der']:.1%}** "
+                f"| {r['false_alarm_s']:.2f} s | {r['missed_s']:.2f} s | {r['confusion_s']:.2f} s | {r['speakers_found']} |"
+            )
     md += [
         "",
         f"Scored speech: {rows[0]['scored_s']:.2f} s. The request time covers decoding and the whole",
