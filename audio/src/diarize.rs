@@ -139,7 +139,9 @@ impl StreamingDiarizer {
                 "the diarisation stream has already finished".into(),
             ));
         }
-        self.buffer.extend_from_slice(samples);
+        // Samples that are not numbers (a corrupt float file) are silence.
+        self.buffer
+            .extend(samples.iter().map(|&s| if s.is_finite() { s } else { 0.0 }));
         self.received += samples.len();
         let mut out = Vec::new();
         while self.next_end <= self.received {

@@ -5,19 +5,27 @@
 //! is assigned; callers that want "no assignment" for some pairs give them a large cost and
 //! drop those pairs afterwards.
 
-/// The assignment minimising the total cost of `costs` (rows of equal length, finite
-/// values): `(row, column)` pairs, one per row or per column, whichever side is smaller,
-/// sorted by row.
+/// Stands in for a cost that is not a finite number (NaN, infinite), so that the search
+/// always terminates.
+const NOT_FINITE: f64 = 1e12;
+
+/// The assignment minimising the total cost of `costs` (rows of equal length; a value that
+/// is not finite counts as a prohibitive cost): `(row, column)` pairs, one per row or per
+/// column, whichever side is smaller, sorted by row.
 pub(crate) fn assign(costs: &[Vec<f64>]) -> Vec<(usize, usize)> {
     let rows = costs.len();
     let cols = costs.first().map_or(0, Vec::len);
     if rows == 0 || cols == 0 {
         return Vec::new();
     }
+    let cost = |r: usize, c: usize| {
+        let v = costs[r][c];
+        if v.is_finite() { v } else { NOT_FINITE }
+    };
     if rows <= cols {
-        solve(rows, cols, |r, c| costs[r][c])
+        solve(rows, cols, cost)
     } else {
-        let mut pairs: Vec<(usize, usize)> = solve(cols, rows, |r, c| costs[c][r])
+        let mut pairs: Vec<(usize, usize)> = solve(cols, rows, |r, c| cost(c, r))
             .into_iter()
             .map(|(c, r)| (r, c))
             .collect();
@@ -158,6 +166,13 @@ mod tests {
         assert_eq!(total(&tall, &pairs), brute_force(&tall));
         assert!(assign(&[]).is_empty());
         assert!(assign(&[vec![]]).is_empty());
+    }
+
+    #[test]
+    fn costs_that_are_not_numbers_are_avoided_and_do_not_hang() {
+        let costs = vec![vec![f64::NAN, 1.0], vec![2.0, f64::INFINITY]];
+        assert_eq!(assign(&costs), [(0, 1), (1, 0)]);
+        assert_eq!(assign(&[vec![f64::NAN, f64::NAN]]).len(), 1);
     }
 
     #[test]
