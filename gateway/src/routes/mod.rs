@@ -30,7 +30,7 @@ pub use ops::{health, metrics, ready};
 
 use crate::auth::{self, Principal};
 use crate::budget;
-use crate::cache::{Cacheable, Capture, Lookup, Status};
+use crate::cache::{Cacheable, Capture, Lookup, Plan, Status};
 use crate::error::GatewayError;
 use crate::pipeline::{self, Generation, Reply, RequestCtx, Routed};
 use crate::providers::CallContext;
@@ -151,7 +151,26 @@ pub(crate) async fn generate<G: Cacheable>(
     };
     let budgets = state.budgets();
     let session = budgets.session(principal, headers, req.user());
-    let applied = match budgets.applied(&session).await {
+    let cache = state.cache();
+    let plan_for = |alias: &str| {
+        cache.plan(
+            headers,
+            &principal.tenant,
+            G::KIND,
+            alias,
+            &req,
+            req.deterministic(),
+        )
+    };
+    let lookup = async |plan: &Option<Plan>| match plan {
+        Some(plan) if plan.read => Some(cache.lookup(plan).await),
+        _ => None,
+    };
+    // The session's budget and the cache are read at once (on a shared store, one round
+    // trip's wait instead of two); the lookup is redone below if a downgrade changes the alias.
+    let first_plan = plan_for(&route.alias);
+    let (applied, first_lookup) = tokio::join!(budgets.applied(&session), lookup(&first_plan));
+    let applied = match applied {
         Ok(applied) => applied,
         Err(e) => return labelled(&route.alias, e),
     };
@@ -168,18 +187,17 @@ pub(crate) async fn generate<G: Cacheable>(
         None => (route, None),
     };
 
-    let cache = state.cache();
-    let plan = cache.plan(
-        headers,
-        &principal.tenant,
-        G::KIND,
-        &route.alias,
-        &req,
-        req.deterministic(),
-    );
+    let (plan, looked_up) = if downgraded_from.is_none() {
+        (first_plan, first_lookup)
+    } else {
+        drop(first_lookup);
+        let plan = plan_for(&route.alias);
+        let looked_up = lookup(&plan).await;
+        (plan, looked_up)
+    };
     let mut flight = None;
-    let status = match &plan {
-        Some(plan) if plan.read => match cache.lookup(plan).await {
+    let status = match looked_up {
+        Some(found) => match found {
             Lookup::Hit(bytes) => {
                 cache.count(Status::Hit);
                 let remaining = match applied {
