@@ -631,11 +631,11 @@ async fn added_latency(
 }
 
 /// How to read the Redis command counts of the report.
-const REDIS_COUNTS_NOTE: &str = "\n(Redis's `INFO commandstats` around the run. `ping` and \
-    `unwatch` are the connection pool's check of a pooled connection at every checkout \
-    (deadpool-redis's recycle, one pipelined round trip), so `ping` counts the checkouts; \
-    commands that Lua scripts run (`time`, `hincrby`, …) are counted too but cost no round \
-    trip of their own.)\n";
+const REDIS_COUNTS_NOTE: &str = "\n(Redis's `INFO commandstats` around the run. Each \
+    command the gateway sends is one round trip (`evalsha` runs a Lua script; the pool hands \
+    out connections without checking them first); commands that Lua scripts run (`time`, \
+    `hincrby`, …) are counted too but cost no round trip of their own. Round trips the gateway \
+    makes at once (the budget entry and the cache lookup, the two rate limits) overlap.)\n";
 
 /// Calls and time (µs) of every command, from `INFO commandstats`.
 type CommandStats = std::collections::BTreeMap<String, (u64, u64)>;
