@@ -5,10 +5,11 @@
 //!
 //! Open turns are reported again as they grow (a revision: same speaker and start, later
 //! end); the final one closes them. Named tracks need none of this: their speaker is the
-//! track. The audio queue is bounded (backpressure on the socket reader), and the state is
-//! freed when the session ends or switches diarisation off.
+//! track. The audio queue is bounded (backpressure on the socket reader), steps of all
+//! sessions share one permit per core, and the state is freed when the session ends or
+//! switches diarisation off.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use aigw_audio::diarize::{DiarizationConfig, DiarizationModels, SpeakerTurn, StreamingDiarizer};
@@ -26,6 +27,15 @@ const MAX_TURNS: usize = 4096;
 /// Longest a transcript waits for the diariser to catch up with its end.
 const LABEL_WAIT: Duration = Duration::from_secs(5);
 const RATE: f64 = 16_000.0;
+
+/// The permits for diarisation steps running at once, shared by every session: one per core.
+fn compute() -> &'static Arc<tokio::sync::Semaphore> {
+    static COMPUTE: OnceLock<Arc<tokio::sync::Semaphore>> = OnceLock::new();
+    COMPUTE.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Arc::new(tokio::sync::Semaphore::new(cores))
+    })
+}
 
 /// The local diarisation models, if the server has any (`kind = "diarization"`).
 pub fn models(state: &AppState) -> Option<Arc<DiarizationModels>> {
@@ -194,7 +204,13 @@ async fn run(
         }
         let Some(mut d) = diarizer.take() else { return };
         pushed += chunk.len();
+        // One diarisation step per core across all sessions; the others wait their turn
+        // (and their audio queues, then their sockets, fill up).
+        let Ok(permit) = Arc::clone(compute()).acquire_owned().await else {
+            return;
+        };
         let step = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let result = if open { d.push(&chunk) } else { d.finish() };
             (d, result)
         })
