@@ -2,7 +2,8 @@
 //!
 //! A session keeps a rolling [`WINDOW_SECONDS`] buffer of 16 kHz audio and, every `step`,
 //! runs one window ending at the newest step boundary (the stream's start is zero-padded):
-//! 1. segmentation → per-frame activities of up to 3 local speakers (powerset, soft);
+//! 1. segmentation → per-frame activities of up to 3 local speakers (the most likely powerset
+//!    class of each frame, as pyannote and diart decode it: 0 or 1 per speaker);
 //! 2. local speakers whose activity peaks above `tau_active` get an embedding from the frames
 //!    where they speak alone ([`embedding`]);
 //! 3. those are matched to the session's global speakers by cosine distance and the
@@ -199,7 +200,7 @@ impl StreamingDiarizer {
         let models = Arc::clone(&self.models);
         let log_probs = models.segmentation.segment(&window)?;
         let activity: Vec<[f32; LOCAL_SPEAKERS]> =
-            segmentation::speaker_activity(&log_probs, Decoding::Soft)?
+            segmentation::speaker_activity(&log_probs, Decoding::Hard)?
                 .to_vec2::<f32>()?
                 .into_iter()
                 .map(|row| [row[0], row[1], row[2]])
