@@ -1639,6 +1639,53 @@ upstream_model = "gpt-4o-mini"
     }
 
     #[test]
+    fn diarization_models_and_their_embedding() {
+        let local = |entry: &str| Config::parse(&format!("[[local.models]]\n{entry}"), &env);
+        // The kind follows from a segmentation model; the embedding defaults to the catalog's.
+        let c = local("name = \"d\"\nmodel = \"pyannote-segmentation-3.0\"").unwrap();
+        assert_eq!(c.local.models[0].kind, LocalKind::Diarization);
+        assert_eq!(
+            c.local.models[0].embedding,
+            Some(LocalSource::Catalog("campplus-sv".into()))
+        );
+        let c = local(
+            "name = \"d\"\nkind = \"diarization\"\npath = \"/m/seg.bin\"\nembedding_path = \"/m/cam.pt\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.local.models[0].embedding,
+            Some(LocalSource::Path("/m/cam.pt".into()))
+        );
+        for (entry, path) in [
+            (
+                "name = \"d\"\nmodel = \"pyannote-segmentation-3.0\"\nembedding_model = \"whisper-tiny.en\"",
+                "local.models[0].embedding_model",
+            ),
+            (
+                "name = \"w\"\nmodel = \"whisper-tiny.en\"\nembedding_model = \"campplus-sv\"",
+                "local.models[0]",
+            ),
+            (
+                "name = \"d\"\nmodel = \"pyannote-segmentation-3.0\"\nembedding_model = \"campplus-sv\"\nembedding_path = \"x\"",
+                "local.models[0]",
+            ),
+        ] {
+            let err = local(entry).unwrap_err().to_string();
+            assert!(err.starts_with(path), "{err}");
+        }
+        // The embedded default serves diarisation with the default embedding.
+        let d = Config::embedded_default();
+        let diar = d
+            .local
+            .models
+            .iter()
+            .find(|m| m.kind == LocalKind::Diarization)
+            .unwrap();
+        assert_eq!(diar.alias, "pyannote-segmentation-3.0");
+        assert!(diar.embedding.is_some());
+    }
+
+    #[test]
     fn unknown_key_reports_its_path() {
         let text = EXAMPLE.replace("api_key_env", "api_kye_env");
         let err = Config::parse(&text, &env).unwrap_err().to_string();
