@@ -4,7 +4,8 @@
 //!
 //! Backpressure: every queue is bounded and the reader awaits room in it, so a client that
 //! reads slowly (or sends audio faster than whisper keeps up) stops being read instead of
-//! growing memory. A connection silent for [`IDLE_TIMEOUT`] is closed. Dropping the
+//! growing memory. A connection silent for [`IDLE_TIMEOUT`] is closed, and one that takes
+//! no event for [`WRITE_TIMEOUT`] is dropped. Dropping the
 //! connection's tasks frees its state; a transcription in flight is abandoned, and its
 //! reservation released, never charged.
 
@@ -27,6 +28,8 @@ use crate::state::AppState;
 
 /// A connection with no client message for this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for the client to take one event before the connection is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Server events waiting for the socket.
 const OUTBOUND_QUEUE: usize = 64;
 /// Committed utterances waiting for whisper.
@@ -51,7 +54,9 @@ pub async fn serve(socket: WebSocket, peer: Peer, model_hint: Option<String>) {
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
             let close = matches!(msg, Message::Close(_));
-            if sink.send(msg).await.is_err() || close {
+            // A client that takes no event for this long is gone: the connection ends.
+            let sent = tokio::time::timeout(WRITE_TIMEOUT, sink.send(msg)).await;
+            if !matches!(sent, Ok(Ok(()))) || close {
                 break;
             }
         }
