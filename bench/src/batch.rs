@@ -41,6 +41,8 @@ pub struct BatchConfig {
     /// Measure this real GGUF model instead of a random one (its own quantized weights,
     /// through the same kernels as the served engine).
     pub model_gguf: Option<PathBuf>,
+    /// Give the device model a pooled KV cache of this many slots (batched decode attention).
+    pub kv_pool: Option<usize>,
     /// Directory of the result files.
     pub out_dir: PathBuf,
     /// Result file stem (date prefixed).
@@ -125,6 +127,8 @@ pub struct Continuation {
     pub first_logits_max_abs_diff: f32,
     /// The continuation.
     pub text: String,
+    /// Anything else to know about the row.
+    pub note: Option<String>,
 }
 
 /// The greedy comparison on a real model: the CPU engine and the device against a dense
@@ -166,6 +170,8 @@ pub struct BatchResults {
     pub prompt_tokens: usize,
     /// Decode steps per batch.
     pub decode_steps: usize,
+    /// Slots of the pooled KV cache, if the model had one.
+    pub kv_pool_slots: Option<usize>,
     /// Figures per batch size.
     pub rows: Vec<BatchRow>,
     /// The real-model check, when asked for.
@@ -270,7 +276,11 @@ fn greedy(model: &LlamaModel, ids: &[u32], n: usize) -> anyhow::Result<(Vec<u32>
     Ok((out, first))
 }
 
-fn greedy_check(path: &std::path::Path, device: &Device) -> anyhow::Result<GreedyCheck> {
+fn greedy_check(
+    path: &std::path::Path,
+    device: &Device,
+    kv_pool: Option<usize>,
+) -> anyhow::Result<GreedyCheck> {
     const PROMPT: &str = "The three primary colours of light are";
     const TOKENS: usize = 32;
     let reference = load_gguf_dense(path, &Device::Cpu)?;
@@ -281,10 +291,18 @@ fn greedy_check(path: &std::path::Path, device: &Device) -> anyhow::Result<Greed
         agreeing_prefix: TOKENS,
         first_logits_max_abs_diff: 0.0,
         text: reference.codec.decode(&ref_ids)?,
+        note: None,
     }];
     drop(reference);
-    for (name, dev) in [("cpu", &Device::Cpu), ("device", device)] {
-        let loaded = load_gguf(path, dev)?;
+    let mut runs = vec![("cpu", &Device::Cpu, false), ("device", device, false)];
+    if kv_pool.is_some() {
+        runs.push(("device, pooled KV", device, true));
+    }
+    for (name, dev, pooled) in runs {
+        let mut loaded = load_gguf(path, dev)?;
+        if pooled {
+            loaded.model = loaded.model.with_kv_pool(1, ids.len() + TOKENS + 1)?;
+        }
         let (out, logits) = greedy(&loaded.model, &ids, TOKENS)?;
         engines.push(Continuation {
             engine: name.into(),
@@ -295,6 +313,31 @@ fn greedy_check(path: &std::path::Path, device: &Device) -> anyhow::Result<Greed
                 .map(|(x, y)| (x - y).abs())
                 .fold(0f32, f32::max),
             text: loaded.codec.decode(&out)?,
+            note: None,
+        });
+    }
+    if !device.is_cpu() {
+        // The served engine on the device (its pooled KV cache, continuous batching): eight
+        // identical greedy requests at once.
+        let loaded = load_gguf(path, device)?;
+        let ref_text = &engines[0].text;
+        let texts = engine_texts(loaded, &ids, TOKENS, 8)?;
+        let distinct: std::collections::BTreeSet<&String> = texts.iter().collect();
+        let first = texts.first().cloned().unwrap_or_default();
+        let single = engines
+            .iter()
+            .find(|e| e.engine == "device")
+            .map(|e| &e.text);
+        engines.push(Continuation {
+            engine: "device engine, 8 concurrent requests".into(),
+            agreeing_prefix: common_chars(&first, ref_text),
+            first_logits_max_abs_diff: f32::NAN,
+            note: Some(format!(
+                "{} distinct continuation(s) among the 8; the first {} the single-sequence device's",
+                distinct.len(),
+                if Some(&first) == single { "equals" } else { "differs from" }
+            )),
+            text: first,
         });
     }
     Ok(GreedyCheck {
@@ -303,6 +346,50 @@ fn greedy_check(path: &std::path::Path, device: &Device) -> anyhow::Result<Greed
         tokens: TOKENS,
         engines,
     })
+}
+
+/// Greedy continuations of `n` identical requests submitted at once to the engine.
+fn engine_texts(
+    loaded: aigw_inference::llm::load::LoadedModel,
+    ids: &[u32],
+    tokens: usize,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    use aigw_inference::llm::engine::{EngineConfig, GenEvent, GenerationRequest, LlmEngine};
+    use aigw_inference::llm::sampling::SamplingParams;
+    let engine = LlmEngine::start(loaded, EngineConfig::default())?;
+    let receivers = (0..n)
+        .map(|_| {
+            engine.submit(GenerationRequest {
+                prompt: ids.to_vec(),
+                sampling: SamplingParams {
+                    temperature: 0.0,
+                    ignore_eos: true,
+                    ..SamplingParams::default()
+                },
+                max_tokens: Some(tokens as u32),
+                stop: Vec::new(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut texts = Vec::with_capacity(n);
+    for mut rx in receivers {
+        let mut text = String::new();
+        while let Some(event) = rx.blocking_recv() {
+            match event {
+                GenEvent::Delta(d) => text.push_str(&d),
+                GenEvent::Finished { .. } => break,
+                GenEvent::Failed(e) => bail!("engine: {e}"),
+            }
+        }
+        texts.push(text);
+    }
+    Ok(texts)
+}
+
+/// Characters two texts share from the start.
+fn common_chars(a: &str, b: &str) -> usize {
+    a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count()
 }
 
 /// Runs the scenario and writes `DATE-NAME.{json,md}`.
@@ -338,6 +425,10 @@ pub fn run(cfg: &BatchConfig) -> anyhow::Result<BatchResults> {
         }
     };
     let params = parameters(&model.config);
+    let model = match cfg.kv_pool {
+        Some(slots) => model.with_kv_pool(slots, cfg.prompt + cfg.steps.max(4) + 1)?,
+        None => model,
+    };
     // Warm-up: kernels loaded, allocator primed.
     measure(&model, 2, cfg.prompt, 4)?;
     let mut rows = Vec::new();
@@ -351,7 +442,7 @@ pub fn run(cfg: &BatchConfig) -> anyhow::Result<BatchResults> {
     }
     drop(model);
     let greedy_check = match (&cfg.check_gguf, device.is_cpu()) {
-        (Some(path), false) => Some(greedy_check(path, &device)?),
+        (Some(path), false) => Some(greedy_check(path, &device, cfg.kv_pool)?),
         _ => None,
     };
     let results = BatchResults {
@@ -366,6 +457,7 @@ pub fn run(cfg: &BatchConfig) -> anyhow::Result<BatchResults> {
         dtype: dtype_name,
         prompt_tokens: cfg.prompt,
         decode_steps: cfg.steps,
+        kv_pool_slots: cfg.kv_pool,
         rows,
         greedy_check,
     };
@@ -431,8 +523,15 @@ pub fn markdown(r: &BatchResults) -> String {
     };
     let _ = writeln!(
         s,
-        "Model: {model}. The engine's own forward pass in-process: no HTTP, tokenizer or sampler; each step feeds back the greedy token. Every sequence is prefilled with {} random prompt tokens in one step, then all decode {} steps together.\n",
-        r.prompt_tokens, r.decode_steps
+        "Model: {model}. The engine's own forward pass in-process: no HTTP, tokenizer or sampler; each step feeds back the greedy token. Every sequence is prefilled with {} random prompt tokens in one step, then all decode {} steps together. Attention: {}.\n",
+        r.prompt_tokens,
+        r.decode_steps,
+        match r.kv_pool_slots {
+            Some(n) => format!(
+                "pooled KV cache ({n} slots), one batched attention per layer for the decode steps"
+            ),
+            None => "per sequence over its own KV cache".to_owned(),
+        }
     );
     s.push_str("| Batch | Prefill | Prefill tok/s | Decode step p50 | Step max | Aggregate decode tok/s | Per-sequence tok/s |\n");
     s.push_str("|---:|---:|---:|---:|---:|---:|---:|\n");
@@ -458,8 +557,23 @@ pub fn markdown(r: &BatchResults) -> String {
         for e in &c.engines {
             let _ = writeln!(
                 s,
-                "| {} | {} of {} | {:.3} | {:?} |",
-                e.engine, e.agreeing_prefix, c.tokens, e.first_logits_max_abs_diff, e.text
+                "| {} | {} | {} | {:?}{} |",
+                e.engine,
+                if e.first_logits_max_abs_diff.is_nan() {
+                    format!("{} characters", e.agreeing_prefix)
+                } else {
+                    format!("{} of {}", e.agreeing_prefix, c.tokens)
+                },
+                if e.first_logits_max_abs_diff.is_nan() {
+                    "—".to_owned()
+                } else {
+                    format!("{:.3}", e.first_logits_max_abs_diff)
+                },
+                e.text,
+                e.note
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
             );
         }
     }

@@ -213,6 +213,10 @@ enum Cmd {
         /// Measure this real GGUF model instead of a random-weight one.
         #[arg(long)]
         model_gguf: Option<PathBuf>,
+        /// Give the device model a pooled KV cache of this many slots (batched decode
+        /// attention); at least the largest batch.
+        #[arg(long)]
+        kv_pool: Option<usize>,
         /// Directory of the result files.
         #[arg(long, default_value = "bench/results")]
         out_dir: PathBuf,
@@ -369,6 +373,7 @@ fn main() -> anyhow::Result<()> {
             steps,
             check_gguf,
             model_gguf,
+            kv_pool,
             out_dir,
             name,
         } => {
@@ -381,6 +386,7 @@ fn main() -> anyhow::Result<()> {
                 steps,
                 check_gguf,
                 model_gguf,
+                kv_pool,
                 out_dir,
                 name,
             })?;

@@ -17,6 +17,10 @@ use super::model::{LlamaModel, SeqCache, StepSeq, argmax_rows, row};
 use super::sampling::{Sampler, SamplingParams};
 use super::text::{IncrementalDecoder, StopMatcher, StopOutcome, TextCodec};
 
+/// Longest sequence the pooled KV cache of an accelerator holds (its memory is slots ×
+/// positions × layers × 2 × kv width); longer ones get caches of their own.
+const MAX_POOLED_POSITIONS: usize = 4096;
+
 /// Limits of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -151,8 +155,20 @@ impl LlmEngine {
         let stats = Arc::new(EngineStats::default());
         let context_length = loaded.model.config.context_length;
         let vocab_size = loaded.model.vocab_rows();
+        // On an accelerator, sequences share a pooled KV cache (one batched attention per
+        // layer for decode steps, instead of a dozen kernels per sequence); those longer than
+        // its positions keep caches of their own.
+        let model = if loaded.model.device().is_cpu() {
+            loaded.model
+        } else {
+            let positions = context_length.min(MAX_POOLED_POSITIONS);
+            loaded
+                .model
+                .with_kv_pool(config.max_batch, positions)
+                .map_err(std::io::Error::other)?
+        };
         let worker = Worker {
-            model: loaded.model,
+            model,
             codec: codec.clone(),
             stats: stats.clone(),
             rx,
@@ -305,7 +321,7 @@ impl Worker {
         let room = self.model.config.context_length - job.req.prompt.len();
         let max_tokens = job.req.max_tokens.map_or(room, |m| (m as usize).min(room));
         self.active.push(Sequence {
-            cache: self.model.new_cache(),
+            cache: self.model.new_cache_for(job.req.prompt.len() + max_tokens),
             sampler: Sampler::new(job.req.sampling),
             decoder: IncrementalDecoder::default(),
             stop: StopMatcher::new(&job.req.stop),

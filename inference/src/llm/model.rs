@@ -8,6 +8,7 @@ use candle_core::quantized::QMatMul;
 use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 
 use super::attention::{self, Dims, HostSeq, LayerKv};
+use super::kvpool::{KvPool, PoolStep, Slot, StepShape};
 use super::q4::Q4Matrix;
 
 use super::LlmError;
@@ -116,6 +117,8 @@ pub struct LlamaModel {
     cos: Tensor,
     sin: Tensor,
     device: Device,
+    /// The pooled KV cache of an accelerator, when one was set up.
+    pool: Option<std::sync::Arc<KvPool>>,
 }
 
 /// The KV cache of one sequence: one per block, grown in chunks.
@@ -123,6 +126,8 @@ pub struct LlamaModel {
 pub struct SeqCache {
     layers: Vec<LayerKv>,
     len: usize,
+    /// Its slot in the model's KV pool (then `layers` stay empty).
+    slot: Option<std::sync::Arc<Slot>>,
 }
 
 impl SeqCache {
@@ -168,7 +173,34 @@ impl LlamaModel {
             cos,
             sin,
             device: device.clone(),
+            pool: None,
         })
+    }
+
+    /// Gives the model a pooled KV cache of `slots` sequences of up to `positions` tokens
+    /// (accelerators only): decode steps of pooled sequences then attend in one batched
+    /// pass per layer. Sequences created when every slot is taken keep their own caches.
+    pub fn with_kv_pool(mut self, slots: usize, positions: usize) -> Result<Self, LlmError> {
+        if self.device.is_cpu() {
+            return Err(LlmError::Format(
+                "the KV pool is for accelerators (the CPU attends on host buffers)".into(),
+            ));
+        }
+        let c = &self.config;
+        let dims = Dims {
+            heads: c.num_heads,
+            kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+        };
+        self.pool = Some(KvPool::new(
+            slots,
+            positions,
+            self.blocks.len(),
+            dims,
+            self.embed.dtype(),
+            &self.device,
+        )?);
+        Ok(self)
     }
 
     /// Rows of the embedding table: every valid token id is below this.
@@ -181,13 +213,32 @@ impl LlamaModel {
         &self.device
     }
 
-    /// An empty cache for a new sequence.
+    /// An empty cache for a new sequence (in the KV pool while a slot is free).
     pub fn new_cache(&self) -> SeqCache {
+        self.new_cache_for(0)
+    }
+
+    /// An empty cache for a sequence of up to `max_len` tokens: in the KV pool when it fits
+    /// there and a slot is free, else of its own.
+    pub fn new_cache_for(&self, max_len: usize) -> SeqCache {
+        let pooled = self
+            .pool
+            .as_ref()
+            .filter(|p| max_len <= p.positions())
+            .and_then(|p| p.claim());
+        if let Some(slot) = pooled {
+            return SeqCache {
+                layers: Vec::new(),
+                len: 0,
+                slot: Some(std::sync::Arc::new(slot)),
+            };
+        }
         SeqCache {
             layers: (0..self.blocks.len())
                 .map(|_| LayerKv::new(&self.device))
                 .collect(),
             len: 0,
+            slot: None,
         }
     }
 
@@ -232,6 +283,29 @@ impl LlamaModel {
         let eps = cfg.rms_norm_eps as f32;
         let (nh, nkv, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
 
+        let dims = Dims {
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+        };
+        let pool_step = match &self.pool {
+            Some(pool) if batch.iter().any(|s| s.cache.slot.is_some()) => {
+                let shapes: Vec<StepShape> = batch
+                    .iter()
+                    .map(|s| StepShape {
+                        slot: s.cache.slot.as_ref().map(|slot| slot.index()),
+                        past: s.cache.len,
+                        len: s.tokens.len(),
+                    })
+                    .collect();
+                Some((
+                    pool,
+                    PoolStep::new(pool, &shapes, dims, self.embed.dtype(), &self.device)?,
+                ))
+            }
+            _ => None,
+        };
+
         let mut x = self.embed.index_select(&ids, 0)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, eps)?;
@@ -253,12 +327,13 @@ impl LlamaModel {
             let k = k.reshape((total, nkv, hd))?;
             let v = v.reshape((total, nkv, hd))?;
 
-            let dims = Dims {
-                heads: nh,
-                kv_heads: nkv,
-                head_dim: hd,
+            let pooled = match &pool_step {
+                Some((pool, step)) => Some(step.layer(pool, layer, &q, &k, &v, dims)?),
+                None => None,
             };
-            let attn = if self.device.is_cpu() {
+            let attn = if let Some(Ok(all)) = pooled {
+                all
+            } else if self.device.is_cpu() {
                 let (qh, kh, vh) = (
                     q.flatten_all()?.to_vec1::<f32>()?,
                     k.flatten_all()?.to_vec1::<f32>()?,
@@ -275,11 +350,20 @@ impl LlamaModel {
                 let out = attention::host_step(&mut seqs, &qh, &kh, &vh, dims);
                 Tensor::from_vec(out, (total, nh * hd), &self.device)?
             } else {
+                let mut pooled_outs = match pooled {
+                    Some(Err(outs)) => outs,
+                    _ => Vec::new(),
+                };
                 let mut outs = Vec::with_capacity(batch.len());
                 let mut offset = 0;
-                for seq in batch.iter_mut() {
+                for (i, seq) in batch.iter_mut().enumerate() {
                     let l = seq.tokens.len();
                     let past = seq.cache.len;
+                    if let Some(out) = pooled_outs.get_mut(i).and_then(Option::take) {
+                        outs.push(out);
+                        offset += l;
+                        continue;
+                    }
                     let part = |t: &Tensor| t.narrow(0, offset, l)?.transpose(0, 1)?.contiguous();
                     let LayerKv::Device(kv) = &mut seq.cache.layers[layer] else {
                         candle_core::bail!("host cache on a device model");
