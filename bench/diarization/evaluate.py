@@ -6,9 +6,9 @@ The clip is the real two-speaker recording shipped in the pyannote.audio wheel
 (`pyannote/audio/sample/sample.wav`, 30 s, 16 kHz mono, with `sample.rttm`). This script:
 
 1. fetches the wheel with pip (`pip download pyannote.audio==4.0.7 --no-deps`) unless
-   `--sample-dir` already holds `sample.wav` and `sample.rttm`;
+   `--sample-dir` already holds `sample.wav`, `sample.rttm` and `sample.stm`;
 2. starts `aigw serve` (default `target/debug/aigw`; build it first) on a free port with only
-   the diarisation model (`pyannote-segmentation-3.0` + `campplus-sv`, installed by
+   the diarisation model (`pyannote-segmentation-3.0` + `campplus-sv`) and `whisper-tiny.en` (installed by
    `aigw models fetch --default`), or uses `--url` of a running server;
 3. posts the clip to `POST /v1/audio/diarizations` (`response_format=rttm`) at each latency
    (0.5 s and 5 s, step 0.5 s, the other settings at their defaults), timing each request;
@@ -21,7 +21,11 @@ The clip is the real two-speaker recording shipped in the pyannote.audio wheel
    seed picks who speaks and the gaps, from -0.6 s, an overlap, to 0.8 s), with an exact
    reference (each utterance trimmed to its first and last sample above 1 % of full scale);
    DER is accumulated over the conversations of each size;
-6. writes `bench/results/<date>-diarization.json` and `.md`.
+6. transcribes the clip through `/v1/audio/transcriptions` (whisper-tiny.en, one warm-up and
+   three timed requests) and scores the WER against `sample.stm` (normalisation: see
+   `normalise`) and the real-time factor (median request time / 30 s);
+7. writes `bench/results/<date>-diarization.json` and `.md` (keeping the "Realtime sessions"
+   section that `realtime_sessions.py`, run afterwards, writes).
 
 Run it with a Python that has `pyannote.metrics` (e.g. `python3 -m venv .venv-diarization &&
 .venv-diarization/bin/pip install pyannote.metrics`):
@@ -59,6 +63,7 @@ WHEEL = "pyannote.audio==4.0.7"
 LATENCIES = (0.5, 5.0)
 STEP = 0.5
 EXTRA: dict[str, str] = {}
+LOAD_START = 0.0
 
 CONFIG = """
 [server]
@@ -71,12 +76,16 @@ max_audio_secs = 600
 name = "diarization"
 model = "pyannote-segmentation-3.0"
 embedding_model = "campplus-sv"
+
+[[local.models]]
+name = "whisper"
+model = "whisper-tiny.en"
 """
 
 
 def fetch_sample(dest: Path) -> Path:
-    """sample.wav and sample.rttm from the pyannote.audio wheel, unpacked into `dest`."""
-    if (dest / "sample.wav").exists() and (dest / "sample.rttm").exists():
+    """sample.wav, sample.rttm and sample.stm from the pyannote.audio wheel, unpacked into `dest`."""
+    if all((dest / f"sample.{ext}").exists() for ext in ("wav", "rttm", "stm")):
         return dest
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -86,7 +95,7 @@ def fetch_sample(dest: Path) -> Path:
     )
     wheel = next(dest.glob("pyannote_audio-*.whl"))
     with zipfile.ZipFile(wheel) as z:
-        for name in ("sample.wav", "sample.rttm"):
+        for name in ("sample.wav", "sample.rttm", "sample.stm"):
             (dest / name).write_bytes(z.read(f"pyannote/audio/sample/{name}"))
     return dest
 
@@ -186,7 +195,7 @@ def start_server(aigw: Path) -> tuple[subprocess.Popen, str, Path]:
     sys.exit(f"aigw did not start: see {log}")
 
 
-def post(url: str, wav: bytes, fields: dict[str, str]) -> tuple[str, float]:
+def post(url: str, wav: bytes, fields: dict[str, str], path: str = "/v1/audio/diarizations") -> tuple[str, float]:
     boundary = uuid.uuid4().hex
     parts = []
     for k, v in fields.items():
@@ -197,13 +206,76 @@ def post(url: str, wav: bytes, fields: dict[str, str]) -> tuple[str, float]:
     )
     parts.append(f"--{boundary}--\r\n".encode())
     req = urllib.request.Request(
-        f"{url}/v1/audio/diarizations", data=b"".join(parts), method="POST",
+        f"{url}{path}", data=b"".join(parts), method="POST",
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     t0 = time.perf_counter()
     with urllib.request.urlopen(req, timeout=600) as resp:
         body = resp.read().decode()
     return body, time.perf_counter() - t0
+
+
+def normalise(text: str) -> list[str]:
+    """Lowercase, every character that is not a letter, digit, apostrophe or space becomes a
+    space, apostrophes kept only inside words ("didn't"), then split on whitespace. No number,
+    spelling or contraction normalisation ("okay" and "ok" differ)."""
+    text = "".join(c if c.isalnum() or c in "' " else " " for c in text.lower())
+    return [w.strip("'") for w in text.split() if w.strip("'")]
+
+
+def word_errors(ref: list[str], hyp: list[str]) -> tuple[int, int, int]:
+    """(substitutions, deletions, insertions) of a minimum edit-distance alignment."""
+    # d[j] = (cost, subs, dels, ins) aligning ref[:i] with hyp[:j]
+    prev = [(j, 0, 0, j) for j in range(len(hyp) + 1)]
+    for i in range(1, len(ref) + 1):
+        cur = [(i, 0, i, 0)]
+        for j in range(1, len(hyp) + 1):
+            same = ref[i - 1] == hyp[j - 1]
+            c, s_, d_, n_ = prev[j - 1]
+            options = [(c + (0 if same else 1), s_ + (0 if same else 1), d_, n_)]
+            c, s_, d_, n_ = prev[j]
+            options.append((c + 1, s_, d_ + 1, n_))
+            c, s_, d_, n_ = cur[j - 1]
+            options.append((c + 1, s_, d_, n_ + 1))
+            cur.append(min(options))
+        prev = cur
+    return prev[-1][1:]
+
+
+def evaluate_transcription(url: str, wav: bytes, stm: str, duration: float) -> dict:
+    """WER of whisper-tiny.en on the sample's .stm transcript and the real-time factor."""
+    fields = {"model": "whisper", "response_format": "json", "language": "en", "temperature": "0"}
+    post(url, wav, fields, "/v1/audio/transcriptions")  # warm-up
+    times = []
+    for _ in range(3):
+        body, secs = post(url, wav, fields, "/v1/audio/transcriptions")
+        times.append(secs)
+    text = json.loads(body)["text"]
+    lines = sorted((float(l.split()[3]), l.split(None, 5)[5]) for l in stm.splitlines() if len(l.split()) >= 6)
+    reference = " ".join(t for _, t in lines)
+    ref, hyp = normalise(reference), normalise(text)
+    subs, dels, ins = word_errors(ref, hyp)
+    secs = sorted(times)[len(times) // 2]
+    row = {
+        "model": "whisper-tiny.en",
+        "reference": "pyannote/audio/sample/sample.stm (13 lines, in start order, joined)",
+        "normalisation": "lowercase; every character other than a letter, digit, apostrophe or space "
+                         "replaced by a space; apostrophes kept only inside words; no number, spelling "
+                         "or contraction normalisation",
+        "reference_words": len(ref),
+        "hypothesis_words": len(hyp),
+        "substitutions": subs,
+        "deletions": dels,
+        "insertions": ins,
+        "wer": round((subs + dels + ins) / len(ref), 4),
+        "request_s": [round(t, 3) for t in times],
+        "rtf": round(secs / duration, 4),
+        "reference_text": " ".join(ref),
+        "hypothesis_text": text.strip(),
+    }
+    print(f"whisper-tiny.en: WER {row['wer']:.1%} ({subs} S, {dels} D, {ins} I of {len(ref)}), "
+          f"RTF {row['rtf']:.3f}", file=sys.stderr)
+    return row
 
 
 def evaluate_synthetic(url: str) -> list[dict]:
@@ -248,6 +320,8 @@ def main() -> None:
     args = ap.parse_args()
     EXTRA.update(kv.split("=", 1) for kv in args.set)
 
+    global LOAD_START
+    LOAD_START = os.getloadavg()[0]
     sample = fetch_sample(args.sample_dir)
     wav = (sample / "sample.wav").read_bytes()
     reference = read_rttm((sample / "sample.rttm").read_text())
@@ -284,6 +358,7 @@ def main() -> None:
             print(f"latency {latency} s: DER {der['diarization error rate']:.1%} "
                   f"(collar 0, overlap scored), {len(hyp.labels())} speakers, "
                   f"{secs:.2f} s for {duration:.0f} s of audio", file=sys.stderr)
+        transcription = evaluate_transcription(url, wav, (sample / "sample.stm").read_text(), duration)
         synthetic = [] if args.no_synthetic else evaluate_synthetic(url)
     finally:
         if proc is not None:
@@ -299,8 +374,9 @@ def main() -> None:
         "convention": "collar 0 s, overlapping speech scored (skip_overlap=False); der_collar_0.25 is the same with a 0.25 s collar",
         "settings": "step 0.5 s, " + (", ".join(f"{k} {v}" for k, v in EXTRA.items()) + ", other settings at their defaults" if EXTRA else "tau_active 0.6, rho_update 0.3, delta_new 1.0, max_speakers 20 (defaults)"),
         "server": "aigw serve (" + (str(args.aigw.relative_to(ROOT)) if args.url is None else args.url) + "), CANDLE_NUM_THREADS=" + os.environ.get("CANDLE_NUM_THREADS", "unset"),
-        "machine": f"{platform.system()} {cpu}, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.2f} at the end)",
+        "machine": f"{platform.system()} {cpu}, {os.cpu_count()} cores (load average {LOAD_START:.2f} at the start, {os.getloadavg()[0]:.2f} at the end)",
         "results": rows,
+        "transcription": transcription,
         "synthetic": synthetic,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -320,6 +396,23 @@ def main() -> None:
             f"| {r['confusion_s']:.2f} s | {r['der_collar_0.25']:.1%} | {r['speakers_found']} | {r['turns']} "
             f"| {r['request_s']:.2f} s | {r['ms_per_step']:.0f} ms |"
         )
+    t = transcription
+    md += [
+        "",
+        f"Transcription: {t['model']} through `/v1/audio/transcriptions` (json, language en,",
+        f"temperature 0; whisper.cpp with the server's defaults: 1 transcription worker of",
+        f"{os.cpu_count()} threads, `transcription_threads` 0 = cores / workers) on the whole 30 s clip,",
+        f"against {t['reference']}. Normalisation: {t['normalisation']}.",
+        "",
+        "| WER | substitutions | deletions | insertions | reference words | request (median of 3, warm) | real-time factor |",
+        "|---|---|---|---|---|---|---|",
+        f"| **{t['wer']:.1%}** | {t['substitutions']} | {t['deletions']} | {t['insertions']} | {t['reference_words']} "
+        f"| {sorted(t['request_s'])[1]:.2f} s | **{t['rtf']:.3f}** |",
+        "",
+        f"Reference: {t['reference_text']}",
+        "",
+        f"Hypothesis: {t['hypothesis_text']}",
+    ]
     if synthetic:
         md += [
             "",
@@ -339,10 +432,17 @@ def main() -> None:
         "",
         f"Scored speech: {rows[0]['scored_s']:.2f} s. The request time covers decoding and the whole",
         "streaming pipeline over the file (60 windows of 5 s); per step = request time / 60.",
+        f"Compute per 0.5 s step against the target of at most 50 ms: {rows[0]['ms_per_step']:.0f} ms "
+        f"(latency 0.5 s) and {rows[-1]['ms_per_step']:.0f} ms (latency 5 s), "
+        + ("met." if max(r["ms_per_step"] for r in rows) <= 50 else "**not met**")
+        + f" (load average {LOAD_START:.2f} when the run began).",
         "Reproduce: `cargo build -p aigw-gateway --bin aigw && .venv-diarization/bin/python bench/diarization/evaluate.py`.",
         "",
     ]
-    (args.out / f"{today}-diarization.md").write_text("\n".join(md))
+    path = args.out / f"{today}-diarization.md"
+    # Keep the section realtime_sessions.py writes.
+    keep = path.read_text().partition("\n## Realtime sessions\n") if path.exists() else ("", "", "")
+    path.write_text("\n".join(md) + (keep[1] + keep[2] if keep[1] else ""))
     print("\n".join(md))
 
 
