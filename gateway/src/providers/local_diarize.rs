@@ -13,18 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use aigw_audio::decode::decode;
 use aigw_audio::diarize::{DiarizationConfig, DiarizationModels, SpeakerTurn, StreamingDiarizer};
-use aigw_models::openai::{
-    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, DiarizationResponse,
-    DiarizationSegment,
-};
+use aigw_models::openai::{DiarizationResponse, DiarizationSegment};
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use super::local_transcribe::{decode_error, invalid};
-use super::{
-    AudioRequest, AudioResponse, AudioTask, CallContext, ChunkStream, Provider, ProviderError,
-};
+use super::{AudioRequest, AudioResponse, AudioTask, CallContext, Provider, ProviderError};
 
 /// Audio handed to the pipeline at a time, between checks for a client that went away.
 const CHUNK_SAMPLES: usize = 10 * 16_000;
@@ -244,22 +239,6 @@ fn render(
 impl Provider for LocalDiarizationProvider {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    async fn chat(
-        &self,
-        _req: ChatCompletionRequest,
-        _ctx: &CallContext,
-    ) -> Result<ChatCompletionResponse, ProviderError> {
-        Err(ProviderError::Unsupported("chat completions"))
-    }
-
-    async fn chat_stream(
-        &self,
-        _req: ChatCompletionRequest,
-        _ctx: &CallContext,
-    ) -> Result<ChunkStream<ChatCompletionChunk>, ProviderError> {
-        Err(ProviderError::Unsupported("chat completions"))
     }
 
     async fn audio(

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use aigw_inference::embed::{EmbedInput, EmbeddingModel};
 use aigw_models::openai::{
-    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, Embedding, EmbeddingInput,
-    EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector, Extra,
+    Embedding, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage,
+    EmbeddingVector, Extra,
 };
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
-use super::{CallContext, ChunkStream, Provider, ProviderError};
+use super::{CallContext, Provider, ProviderError};
 
 /// A local embedding model.
 pub struct LocalEmbeddingProvider {
@@ -35,22 +35,6 @@ impl LocalEmbeddingProvider {
 impl Provider for LocalEmbeddingProvider {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    async fn chat(
-        &self,
-        _req: ChatCompletionRequest,
-        _ctx: &CallContext,
-    ) -> Result<ChatCompletionResponse, ProviderError> {
-        Err(ProviderError::Unsupported("chat completions"))
-    }
-
-    async fn chat_stream(
-        &self,
-        _req: ChatCompletionRequest,
-        _ctx: &CallContext,
-    ) -> Result<ChunkStream<ChatCompletionChunk>, ProviderError> {
-        Err(ProviderError::Unsupported("chat completions"))
     }
 
     async fn embeddings(

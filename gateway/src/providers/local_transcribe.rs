@@ -14,15 +14,11 @@ use std::sync::Arc;
 use aigw_audio::decode::{DecodeError, decode};
 use aigw_audio::diarize::{DiarizationConfig, DiarizationModels};
 use aigw_audio::whisper::{TranscribeOptions, WhisperError, WhisperModel};
-use aigw_models::openai::{
-    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ErrorResponse,
-};
+use aigw_models::openai::ErrorResponse;
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
-use super::{
-    AudioRequest, AudioResponse, AudioTask, CallContext, ChunkStream, Provider, ProviderError,
-};
+use super::{AudioRequest, AudioResponse, AudioTask, CallContext, Provider, ProviderError};
 
 mod render;
 
@@ -211,22 +207,6 @@ fn whisper_error(e: WhisperError) -> ProviderError {
 impl Provider for LocalTranscriptionProvider {
     fn name(&self) -> &str {
         &self.name
-    }
-
-    async fn chat(
-        &self,
-        _req: ChatCompletionRequest,
-        _ctx: &CallContext,
-    ) -> Result<ChatCompletionResponse, ProviderError> {
-        Err(ProviderError::Unsupported("chat completions"))
-    }
-
-    async fn chat_stream(
-        &self,
-        _req: ChatCompletionRequest,
-        _ctx: &CallContext,
-    ) -> Result<ChunkStream<ChatCompletionChunk>, ProviderError> {
-        Err(ProviderError::Unsupported("chat completions"))
     }
 
     async fn audio(

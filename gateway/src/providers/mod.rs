@@ -181,17 +181,21 @@ pub trait Provider: Send + Sync + 'static {
     /// A non-streaming chat completion.
     async fn chat(
         &self,
-        req: ChatCompletionRequest,
-        ctx: &CallContext,
-    ) -> Result<ChatCompletionResponse, ProviderError>;
+        _req: ChatCompletionRequest,
+        _ctx: &CallContext,
+    ) -> Result<ChatCompletionResponse, ProviderError> {
+        Err(ProviderError::Unsupported("chat completions"))
+    }
 
     /// A streamed chat completion; returns once the upstream has accepted the request.
     /// The stream always ends with a usage-bearing chunk when the upstream reports usage.
     async fn chat_stream(
         &self,
-        req: ChatCompletionRequest,
-        ctx: &CallContext,
-    ) -> Result<ChunkStream<ChatCompletionChunk>, ProviderError>;
+        _req: ChatCompletionRequest,
+        _ctx: &CallContext,
+    ) -> Result<ChunkStream<ChatCompletionChunk>, ProviderError> {
+        Err(ProviderError::Unsupported("chat completions"))
+    }
 
     /// A legacy text completion.
     async fn completion(
