@@ -17,6 +17,7 @@ use bytes::Bytes;
 use crate::budget::{Amount, BudgetKey, BudgetLedger, Dimension, Limits, Reserve};
 use crate::cache::ResponseCache;
 use crate::ratelimit::{RateLimit, RateLimiter};
+use crate::transcript::{TranscriptEntry, TranscriptLog};
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -274,4 +275,55 @@ pub async fn cache<C: ResponseCache>(cache: &C) {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(cache.get(&short).await.unwrap(), None, "expired");
+}
+
+/// Begin, append, cap, limit, expiry.
+pub async fn transcripts<T: TranscriptLog>(log: &T) {
+    let session = unique("discord:1:2");
+    let hour = Duration::from_secs(3600);
+    assert_eq!(log.latest(&session, 10).await.unwrap(), None, "never began");
+    log.begin(&session, hour).await.unwrap();
+    assert_eq!(
+        log.latest(&session, 10).await.unwrap(),
+        Some(vec![]),
+        "began, no lines"
+    );
+    let line = |i: u64| TranscriptEntry {
+        speaker: format!("Speaker {}", i % 2),
+        speaker_id: i.is_multiple_of(2).then(|| i.to_string()),
+        text: format!("line {i}: ünïcode and \"quotes\""),
+        at: 1_700_000_000 + i,
+    };
+    for i in 0..7 {
+        log.append(&session, &line(i), 5, hour).await.unwrap();
+    }
+    let kept = log.latest(&session, 100).await.unwrap().unwrap();
+    assert_eq!(
+        kept,
+        (2..7).map(line).collect::<Vec<_>>(),
+        "the newest 5, oldest first"
+    );
+    let last = log.latest(&session, 2).await.unwrap().unwrap();
+    assert_eq!(last, vec![line(5), line(6)]);
+    log.begin(&session, hour).await.unwrap();
+    assert_eq!(
+        log.latest(&session, 100).await.unwrap().unwrap().len(),
+        5,
+        "begin keeps lines"
+    );
+
+    let other = unique("discord:1:3");
+    log.append(&other, &line(9), 5, hour).await.unwrap();
+    assert_eq!(
+        log.latest(&other, 10).await.unwrap(),
+        Some(vec![line(9)]),
+        "a first line begins"
+    );
+
+    let short = unique("discord:1:4");
+    log.append(&short, &line(1), 5, Duration::from_millis(100))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(log.latest(&short, 10).await.unwrap(), None, "expired");
 }

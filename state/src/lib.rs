@@ -7,6 +7,7 @@
 //! - [`ratelimit::RateLimiter`]: requests and tokens per minute per key (GCRA);
 //! - [`cache::ResponseCache`]: response bodies by key with a TTL;
 //! - [`events::EventSink`]: where threshold events go (a broadcast channel, a Redis stream).
+//! - [`transcript::TranscriptLog`]: voice sessions' finalised lines, capped and expiring.
 //!
 //! Layout: the traits and their value types in [`budget`], [`ratelimit`], [`cache`],
 //! [`events`]; the in-process backends in [`memory`], the Redis ones in [`redis`] (one file
@@ -22,6 +23,7 @@ pub mod memory;
 pub mod ratelimit;
 pub mod redis;
 pub mod testing;
+pub mod transcript;
 
 /// Why shared state could not be read or written.
 #[derive(Debug, Clone, thiserror::Error)]

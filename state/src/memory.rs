@@ -1,7 +1,7 @@
 //! In-process backends: the embedded default, for a single replica. Each is a mutex around
 //! plain maps, so every multi-step update is atomic.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use crate::budget::{Amount, BudgetKey, BudgetLedger, Limits, Reserve, Settled, S
 use crate::cache::ResponseCache;
 use crate::events::{BudgetEvent, EventSink};
 use crate::ratelimit::{RateDecision, RateLimit, RateLimiter, gcra};
+use crate::transcript::{TranscriptEntry, TranscriptLog};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -293,6 +294,79 @@ impl ResponseCache for MemoryCache {
     }
 }
 
+/// Voice transcripts in memory: each session's newest lines until its time to live passes.
+#[derive(Debug, Default)]
+pub struct MemoryTranscripts {
+    logs: Mutex<HashMap<String, TranscriptBook>>,
+}
+
+#[derive(Debug, Default)]
+struct TranscriptBook {
+    lines: VecDeque<TranscriptEntry>,
+    expires: Option<Instant>,
+}
+
+impl MemoryTranscripts {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The live log of `session`, created if needed, expiring `ttl` from `now`; expired
+    /// logs are dropped first.
+    fn book<'a>(
+        logs: &'a mut HashMap<String, TranscriptBook>,
+        session: &str,
+        now: Instant,
+        ttl: Duration,
+    ) -> &'a mut TranscriptBook {
+        logs.retain(|_, b| b.expires.is_some_and(|e| e > now));
+        let book = logs.entry(session.to_string()).or_default();
+        book.expires = Some(now + ttl);
+        book
+    }
+}
+
+#[async_trait]
+impl TranscriptLog for MemoryTranscripts {
+    async fn begin(&self, session: &str, ttl: Duration) -> Result<(), StateError> {
+        let mut logs = lock(&self.logs);
+        Self::book(&mut logs, session, Instant::now(), ttl);
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        session: &str,
+        entry: &TranscriptEntry,
+        cap: usize,
+        ttl: Duration,
+    ) -> Result<(), StateError> {
+        let mut logs = lock(&self.logs);
+        let book = Self::book(&mut logs, session, Instant::now(), ttl);
+        book.lines.push_back(entry.clone());
+        while book.lines.len() > cap.max(1) {
+            book.lines.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn latest(
+        &self,
+        session: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<TranscriptEntry>>, StateError> {
+        let logs = lock(&self.logs);
+        Ok(logs
+            .get(session)
+            .filter(|b| b.expires.is_some_and(|e| e > Instant::now()))
+            .map(|b| {
+                let skip = b.lines.len().saturating_sub(limit);
+                b.lines.iter().skip(skip).cloned().collect()
+            }))
+    }
+}
+
 /// Events on a broadcast channel; subscribers that fall behind lose the oldest.
 #[derive(Debug, Clone)]
 pub struct BroadcastSink {
@@ -344,6 +418,11 @@ mod tests {
     #[tokio::test]
     async fn cache_conformance() {
         crate::conformance::cache(&MemoryCache::new(1000)).await;
+    }
+
+    #[tokio::test]
+    async fn transcripts_conform() {
+        crate::conformance::transcripts(&MemoryTranscripts::new()).await;
     }
 
     #[tokio::test]

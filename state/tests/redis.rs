@@ -99,6 +99,12 @@ async fn cache_conformance() {
     conformance::cache(&state(&server).cache()).await;
 }
 
+#[tokio::test]
+async fn transcripts_conformance() {
+    let server = server!();
+    conformance::transcripts(&state(&server).transcripts()).await;
+}
+
 /// Two replicas (two pools) on one server: concurrent reservations never pass the ceiling,
 /// and each threshold fires exactly once when they all settle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

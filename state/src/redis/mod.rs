@@ -1,10 +1,12 @@
 //! Redis backends: the shared state of several replicas, on one Redis server.
 //!
 //! [`RedisState::connect`] opens a connection pool; [`RedisState::ledger`],
-//! [`RedisState::rate_limiter`], [`RedisState::cache`] and [`RedisState::events`] hand out the
-//! four backends, which share it. Every multi-step update is one Lua script (`lua/*.lua`,
-//! sent by EVALSHA, loaded again after a NOSCRIPT), and every script reads the clock with
-//! Redis `TIME`, so replicas whose clocks disagree still agree on expiry and rates.
+//! [`RedisState::rate_limiter`], [`RedisState::cache`], [`RedisState::events`] and
+//! [`RedisState::transcripts`] hand out the five backends, which share it. Every multi-step
+//! update that reads before it writes is one Lua script (`lua/*.lua`, sent by EVALSHA, loaded
+//! again after a NOSCRIPT), and every script reads the clock with Redis `TIME`, so replicas
+//! whose clocks disagree still agree on expiry and rates; the transcripts' blind writes are
+//! one `MULTI`/`EXEC` each.
 //! [`RedisState::ping`] is the readiness check.
 //!
 //! # Keys
@@ -20,6 +22,8 @@
 //! | `P:override:{tenant}:{session}` | hash | none (deleted with the override) | a session's limits `tokens`, `cost_micros`, `audio_ms` (empty: unlimited) |
 //! | `P:rl:{key}` | string | until the key is back to a full burst | GCRA theoretical arrival time (Redis clock, Unix µs) |
 //! | `P:response:{key}` | string | the TTL given to `put` | a cached response body (the gateway's key is a SHA-256 hex digest) |
+//! | `P:transcript:{session}` | list | the TTL given to `begin`/`append`, renewed by each | a voice session's newest lines, each a `TranscriptEntry` as JSON |
+//! | `P:transcript:{session}:live` | string | as the list | `1` while the session's log exists (it may have no lines yet) |
 //! | `P:events` | stream | none; trimmed to about [`RedisOptions::events_max_len`] entries | budget events, field `event` = a `BudgetEvent` as JSON |
 //!
 //! Reservations also expire inside their entry: every script that reads `:res` first drops
@@ -55,6 +59,7 @@ mod cache;
 mod events;
 mod ledger;
 mod ratelimit;
+mod transcript;
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -70,6 +75,7 @@ pub use cache::RedisCache;
 pub use events::RedisEvents;
 pub use ledger::RedisLedger;
 pub use ratelimit::RedisRateLimiter;
+pub use transcript::RedisTranscripts;
 
 use crate::StateError;
 
@@ -208,6 +214,11 @@ impl RedisState {
     /// The response cache.
     pub fn cache(&self) -> RedisCache {
         RedisCache::new(self.clone())
+    }
+
+    /// The voice transcripts.
+    pub fn transcripts(&self) -> RedisTranscripts {
+        RedisTranscripts::new(self.clone())
     }
 
     /// The event sink on the stream `P:events`.
