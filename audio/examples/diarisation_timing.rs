@@ -1,12 +1,15 @@
 //! Times the diarisation models on this machine: segmentation of one window, fbank and CAM++
-//! embeddings of typical lengths, and one streaming step (a 5 s window plus three 1.5 s
-//! embeddings).
+//! embeddings of typical lengths, one worst-case streaming step (a 5 s window plus three 1.5 s
+//! embeddings) on one and on two threads, and the whole streaming pipeline over a file.
 //!
 //! ```text
-//! cargo run --release -p aigw-audio --example diarisation_timing [-- RUNS [FILTER]]
+//! cargo run --release -p aigw-audio --example diarisation_timing [-- RUNS [FILTER [WAV]]]
 //! ```
 //!
-//! FILTER keeps only the figures whose name contains it (e.g. `segmentation`).
+//! FILTER keeps only the figures whose name contains it (e.g. `segmentation`; empty for all).
+//! WAV is the file the pipeline runs over (any format `decode` reads; default the 10 s
+//! fixture), at step 0.5 s, latency 0.5 s, with one and with two step threads; its figure is
+//! per 0.5 s step (the run's time over its steps).
 //!
 //! Needs `aigw models fetch pyannote-segmentation-3.0 campplus-sv`; reads `$AIGW_MODEL_DIR`
 //! (default `~/.cache/aigw/models`). The audio is the 10 s cut of pyannote's sample that the
@@ -19,7 +22,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use aigw_audio::campplus::CamPlusPlus;
+use aigw_audio::decode::decode;
+use aigw_audio::diarize::{DiarizationConfig, DiarizationModels, diarize_file};
 use aigw_audio::fbank::Fbank;
 use aigw_audio::segmentation::Segmentation;
 
@@ -37,12 +44,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/aigw/models")
         });
-    let segmentation =
-        Segmentation::load(&root.join("pyannote-segmentation-3.0/pytorch_model.bin"))?;
-    let campplus = CamPlusPlus::load(&root.join("campplus-sv/campplus_cn_en_common.pt"))?;
-    let audio = read_fixture(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/sample_10s.wav"),
-    )?;
+    let segmentation_path = root.join("pyannote-segmentation-3.0/pytorch_model.bin");
+    let campplus_path = root.join("campplus-sv/campplus_cn_en_common.pt");
+    let segmentation = Segmentation::load(&segmentation_path)?;
+    let campplus = CamPlusPlus::load(&campplus_path)?;
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/sample_10s.wav");
+    let audio = read_fixture(&fixture)?;
     let seconds = |s: f64| (s * 16_000.0) as usize;
     println!(
         "wall-clock median (min) of {runs} runs, then CPU time per run (all threads); \
@@ -74,6 +81,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
     }
     let window = &audio[seconds(5.0)..];
+    let embed = |speaker: usize| {
+        let start = seconds(1.5 * speaker as f64);
+        campplus.embed_samples(&window[start..start + seconds(1.5)])
+    };
     report(
         "streaming step: 5 s segmentation + 3 × 1.5 s embeddings",
         runs,
@@ -81,12 +92,57 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         || {
             segmentation.segment(window)?;
             for speaker in 0..3 {
-                let start = seconds(1.5 * speaker as f64);
-                campplus.embed_samples(&window[start..start + seconds(1.5)])?;
+                embed(speaker)?;
             }
             Ok(())
         },
     )?;
+    // The same step as a session with two step threads runs it: the LSTM's directions side
+    // by side, then the embeddings two at a time.
+    let segmentation = segmentation.with_threads(2);
+    report("the same step on 2 threads", runs, &wanted, || {
+        segmentation.segment(window)?;
+        std::thread::scope(|scope| {
+            let second = scope.spawn(|| embed(1));
+            embed(0)?;
+            embed(2)?;
+            second.join().map_err(|_| {
+                aigw_audio::segmentation::ModelError::Input("embedding thread panicked".into())
+            })?
+        })
+        .map(drop)
+    })?;
+    drop(segmentation);
+
+    let wav = std::env::args().nth(3).map_or(fixture, PathBuf::from);
+    let samples = decode(std::fs::read(&wav)?, wav.to_str(), 3600.0)?.samples;
+    let config = DiarizationConfig {
+        step_s: 0.5,
+        latency_s: 0.5,
+        ..DiarizationConfig::default()
+    };
+    let steps = samples.len().div_ceil(seconds(config.step_s)) as f64;
+    for threads in [1, 2] {
+        let models = Arc::new(
+            DiarizationModels::load(&segmentation_path, &campplus_path)?.with_threads(threads),
+        );
+        report(
+            &format!("streaming over the file, {threads} step thread(s)"),
+            runs,
+            &wanted,
+            || diarize_file(&models, &config, &samples).map(drop),
+        )
+        .map(|total| {
+            if let Some((wall, cpu)) = total {
+                println!(
+                    "{:<58} {:>8.1} ms          {:>8.1} ms",
+                    format!("  per 0.5 s step ({steps} steps)"),
+                    wall / steps,
+                    cpu / steps
+                );
+            }
+        })?;
+    }
     Ok(())
 }
 
@@ -95,9 +151,9 @@ fn report(
     runs: usize,
     wanted: &dyn Fn(&str) -> bool,
     mut f: impl FnMut() -> Result<(), aigw_audio::segmentation::ModelError>,
-) -> Result<(), aigw_audio::segmentation::ModelError> {
+) -> Result<Option<(f64, f64)>, aigw_audio::segmentation::ModelError> {
     if !wanted(what) {
-        return Ok(());
+        return Ok(None);
     }
     f()?;
     let mut times: Vec<Duration> = Vec::with_capacity(runs);
@@ -107,18 +163,15 @@ fn report(
         f()?;
         times.push(started.elapsed());
     }
-    let cpu = process_cpu_seconds()
+    let cpu_ms = process_cpu_seconds()
         .zip(cpu_before)
-        .map(|(after, before)| format!("{:>8.1} ms", (after - before) * 1e3 / runs as f64))
-        .unwrap_or_default();
+        .map(|(after, before)| (after - before) * 1e3 / runs.max(1) as f64);
+    let cpu = cpu_ms.map(|ms| format!("{ms:>8.1} ms")).unwrap_or_default();
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "{what:<58} {:>8.1} ms ({:>5.1}) {cpu}",
-        ms(times[times.len() / 2]),
-        ms(times[0])
-    );
-    Ok(())
+    let median = ms(times[times.len() / 2]);
+    println!("{what:<58} {median:>8.1} ms ({:>5.1}) {cpu}", ms(times[0]));
+    Ok(Some((median, cpu_ms.unwrap_or(f64::NAN))))
 }
 
 /// User + system CPU time of the whole process (all threads) from `/proc/self/stat`, in

@@ -111,7 +111,7 @@ impl CamPlusPlus {
         let frames = fbank::num_frames(samples.len());
         let mut features = self.fbank.compute(samples);
         fbank::subtract_mean(&mut features, fbank::NUM_MEL_BINS);
-        self.embed_one(&features, frames)
+        self.embed_frames(&features, frames)
     }
 
     /// Embeddings `(batch, 192)` of mean-normalised fbank features `(batch, frames, 80)`.
@@ -126,7 +126,7 @@ impl CamPlusPlus {
         let mut rows = Vec::with_capacity(batch * EMBEDDING_DIM);
         for item in 0..batch {
             let features: Vec<f32> = features.get(item)?.flatten_all()?.to_vec1()?;
-            rows.extend(self.embed_one(&features, frames)?);
+            rows.extend(self.embed_frames(&features, frames)?);
         }
         Ok(Tensor::from_vec(
             rows,
@@ -135,8 +135,8 @@ impl CamPlusPlus {
         )?)
     }
 
-    /// One embedding from row-major `(frames, 80)` features.
-    fn embed_one(&self, features: &[f32], frames: usize) -> Result<Vec<f32>, ModelError> {
+    /// One embedding from mean-normalised, row-major `(frames, 80)` features.
+    pub(crate) fn embed_frames(&self, features: &[f32], frames: usize) -> Result<Vec<f32>, ModelError> {
         if frames < MIN_FRAMES {
             return Err(ModelError::Input(format!(
                 "CAM++ needs at least {MIN_FRAMES} fbank frames, got {frames}"

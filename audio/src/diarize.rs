@@ -46,16 +46,36 @@ pub struct DiarizationModels {
     segmentation: Segmentation,
     embedding: CamPlusPlus,
     fbank: Fbank,
+    /// Threads one step may use: the LSTM's two directions side by side, the local
+    /// speakers' embeddings side by side.
+    threads: usize,
 }
 
 impl DiarizationModels {
     /// Loads segmentation-3.0 (`pytorch_model.bin`) and CAM++ (`campplus_cn_en_common.pt`).
+    /// A step uses two threads where the machine has two cores or more (see
+    /// [`with_threads`](Self::with_threads)).
     pub fn load(segmentation_model: &Path, embedding_model: &Path) -> Result<Self, ModelError> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, std::num::NonZero::get)
+            .min(2);
         Ok(Self {
             segmentation: Segmentation::load(segmentation_model)?,
             embedding: CamPlusPlus::load(embedding_model)?,
             fbank: Fbank::default(),
-        })
+            threads: 1,
+        }
+        .with_threads(threads))
+    }
+
+    /// Sets the threads one step may use (at least 1; more than 2 gains little, since the
+    /// work splits into the LSTM's two directions and at most 3 speakers' embeddings). Each
+    /// thread runs candle ops, so keep candle itself to one thread (`CANDLE_NUM_THREADS=1`)
+    /// when setting more than one here.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self.segmentation = self.segmentation.with_threads(self.threads);
+        self
     }
 }
 
@@ -215,8 +235,13 @@ impl StreamingDiarizer {
         let mut globals = [None; LOCAL_SPEAKERS];
         if !active.is_empty() {
             let features = models.fbank.compute(&window);
-            let embeddings =
-                embedding::embed_speakers(&models.embedding, &features, &activity, &active)?;
+            let embeddings = embedding::embed_speakers(
+                &models.embedding,
+                &features,
+                &activity,
+                &active,
+                models.threads,
+            )?;
             let (locals, ids): (Vec<LocalSpeaker>, Vec<usize>) = active
                 .iter()
                 .zip(embeddings)

@@ -93,6 +93,8 @@ pub struct Segmentation {
     lstm: Vec<BiLstm>,
     linear: Vec<Linear>,
     classifier: Linear,
+    /// Threads a forward pass may use (the LSTM's two directions side by side from 2).
+    threads: usize,
 }
 
 impl Segmentation {
@@ -123,7 +125,15 @@ impl Segmentation {
             lstm,
             linear,
             classifier: Linear::load(weights, "classifier", HIDDEN, POWERSET_CLASSES)?,
+            threads: 1,
         })
+    }
+
+    /// Lets a forward pass use `threads` threads: from 2 on, each LSTM layer runs its two
+    /// directions side by side (the results are the same). One by default.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 
     /// The SincNet filterbank `(80, 1, 251)` built from the learned cut-off frequencies.
@@ -151,7 +161,7 @@ impl Segmentation {
         let features = self.sincnet.forward(&waveforms, samples)?;
         let mut x = features.transpose(1, 2)?.contiguous()?;
         for layer in &self.lstm {
-            x = layer.forward(&x)?;
+            x = layer.forward(&x, self.threads)?;
         }
         for linear in &self.linear {
             x = candle_nn::ops::leaky_relu(&linear.forward(&x)?, LEAKY_SLOPE)?;

@@ -11,6 +11,7 @@
     reason = "tests"
 )]
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -48,23 +49,30 @@ fn required() -> bool {
     std::env::var("AIGW_REQUIRE_MODELS").is_ok_and(|v| v == "1")
 }
 
+/// The segmentation and CAM++ weight files, or `None` (skip) when they are missing.
+fn model_files() -> Option<[PathBuf; 2]> {
+    let dir = store::model_dir();
+    let mut files = Vec::new();
+    for id in ["pyannote-segmentation-3.0", "campplus-sv"] {
+        let resolved = store::resolve(lookup(id).unwrap(), &dir).unwrap();
+        if !resolved.is_present() {
+            assert!(!required(), "AIGW_REQUIRE_MODELS=1 but {id} is missing");
+            eprintln!("skipping: {id} is missing (aigw models fetch {id})");
+            return None;
+        }
+        files.push(resolved.main_file().unwrap().to_owned());
+    }
+    files.try_into().ok()
+}
+
+/// The models as the server loads them (two step threads on a machine with two cores).
 fn models() -> Option<Arc<DiarizationModels>> {
     static MODELS: OnceLock<Option<Arc<DiarizationModels>>> = OnceLock::new();
     MODELS
         .get_or_init(|| {
-            let dir = store::model_dir();
-            let mut files = Vec::new();
-            for id in ["pyannote-segmentation-3.0", "campplus-sv"] {
-                let resolved = store::resolve(lookup(id).unwrap(), &dir).unwrap();
-                if !resolved.is_present() {
-                    assert!(!required(), "AIGW_REQUIRE_MODELS=1 but {id} is missing");
-                    eprintln!("skipping: {id} is missing (aigw models fetch {id})");
-                    return None;
-                }
-                files.push(resolved.main_file().unwrap().to_owned());
-            }
+            let [segmentation, embedding] = model_files()?;
             Some(Arc::new(
-                DiarizationModels::load(&files[0], &files[1]).unwrap(),
+                DiarizationModels::load(&segmentation, &embedding).unwrap(),
             ))
         })
         .clone()
@@ -194,6 +202,25 @@ fn two_voices_are_told_apart_at_both_latencies() {
         );
         check(&turns, reference, &format!("latency {latency_s} s"));
     }
+}
+
+#[test]
+fn one_step_thread_gives_the_same_turns_as_two() {
+    let (Some([segmentation, embedding]), Some((samples, _))) = (model_files(), conversation())
+    else {
+        return;
+    };
+    let samples = &samples[..samples.len().min(8 * RATE as usize)];
+    let config = DiarizationConfig::default();
+    let turns = |threads: usize| {
+        let models = DiarizationModels::load(&segmentation, &embedding)
+            .unwrap()
+            .with_threads(threads);
+        diarize_file(&Arc::new(models), &config, samples).unwrap()
+    };
+    let serial = turns(1);
+    assert!(!serial.is_empty());
+    assert_eq!(serial, turns(2));
 }
 
 #[test]

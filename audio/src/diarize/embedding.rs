@@ -10,8 +10,6 @@
 //! are used; below [`MIN_FRAMES`] the speaker gets no embedding in this window. At most the
 //! latest [`MAX_FRAMES`] are used.
 
-use candle_core::{Device, Tensor};
-
 use super::clustering::normalize;
 use crate::campplus::CamPlusPlus;
 use crate::fbank::{self, FRAME_LENGTH, FRAME_SHIFT, NUM_MEL_BINS};
@@ -63,20 +61,20 @@ fn select_frames(
 
 /// Unit-length embeddings of the local speakers `speakers` of one window, from the window's
 /// fbank features (row-major `(frames, 80)`, not mean-normalised) and its per-frame speaker
-/// activities; `None` for a speaker with too little speech.
+/// activities; `None` for a speaker with too little speech. The embeddings are computed on up
+/// to `threads` threads, one speaker per thread at a time.
 pub(crate) fn embed_speakers(
     model: &CamPlusPlus,
     features: &[f32],
     activity: &[[f32; LOCAL_SPEAKERS]],
     speakers: &[usize],
+    threads: usize,
 ) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
     let mapping = fbank_to_segmentation(features.len() / NUM_MEL_BINS, activity.len());
-    speakers
+    let inputs: Vec<Option<Vec<f32>>> = speakers
         .iter()
         .map(|&speaker| {
-            let Some(mut frames) = select_frames(activity, &mapping, speaker) else {
-                return Ok(None);
-            };
+            let mut frames = select_frames(activity, &mapping, speaker)?;
             if frames.len() > MAX_FRAMES {
                 frames.drain(..frames.len() - MAX_FRAMES);
             }
@@ -84,13 +82,63 @@ pub(crate) fn embed_speakers(
             for f in &frames {
                 selected.extend_from_slice(&features[f * NUM_MEL_BINS..(f + 1) * NUM_MEL_BINS]);
             }
-            fbank::subtract_mean(&mut selected, NUM_MEL_BINS);
-            let input = Tensor::from_vec(selected, (1, frames.len(), NUM_MEL_BINS), &Device::Cpu)?;
-            let mut embedding: Vec<f32> = model.embed(&input)?.flatten_all()?.to_vec1()?;
-            normalize(&mut embedding);
-            Ok(Some(embedding))
+            Some(selected)
         })
-        .collect()
+        .collect();
+    let present: Vec<(usize, &[f32])> = inputs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, input)| Some((i, input.as_deref()?)))
+        .collect();
+    let computed = parallel_map(&present, threads, |&(_, input)| embed(model, input))?;
+    let mut embeddings: Vec<Option<Vec<f32>>> = vec![None; inputs.len()];
+    for ((i, _), embedding) in present.into_iter().zip(computed) {
+        embeddings[i] = Some(embedding);
+    }
+    Ok(embeddings)
+}
+
+/// The unit-length embedding of selected, not yet mean-normalised fbank frames.
+fn embed(model: &CamPlusPlus, selected: &[f32]) -> Result<Vec<f32>, ModelError> {
+    let mut input = selected.to_vec();
+    fbank::subtract_mean(&mut input, NUM_MEL_BINS);
+    let mut embedding = model.embed_frames(&input, input.len() / NUM_MEL_BINS)?;
+    normalize(&mut embedding);
+    Ok(embedding)
+}
+
+/// `f` over `items`, in order, on up to `threads` threads (the caller's among them): item `i`
+/// runs on thread `i % threads`.
+pub(crate) fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> Result<R, ModelError> + Sync,
+) -> Result<Vec<R>, ModelError> {
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.iter().map(&f).collect();
+    }
+    let share = |first: usize| -> Result<Vec<R>, ModelError> {
+        items.iter().skip(first).step_by(threads).map(&f).collect()
+    };
+    let mut shares = std::thread::scope(|scope| {
+        let workers: Vec<_> = (1..threads)
+            .map(|first| scope.spawn(move || share(first)))
+            .collect();
+        let mut shares = vec![share(0)];
+        shares.extend(workers.into_iter().map(|worker| {
+            worker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        }));
+        shares
+    })
+    .into_iter()
+    .map(|share| share.map(Vec::into_iter))
+    .collect::<Result<Vec<_>, _>>()?;
+    Ok((0..items.len())
+        .filter_map(|i| shares[i % threads].next())
+        .collect())
 }
 
 #[cfg(test)]

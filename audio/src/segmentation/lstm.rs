@@ -46,7 +46,8 @@ impl BiLstm {
     }
 
     /// `(batch, time, input)` → `(batch, time, 2H)`: forward states then backward states.
-    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+    /// With `threads` ≥ 2 the backward direction runs on a second thread.
+    pub(super) fn forward(&self, x: &Tensor, threads: usize) -> Result<Tensor, ModelError> {
         let (batch, steps, _) = x.dims3()?;
         let projected: Vec<f32> = self.input.forward(x)?.flatten_all()?.to_vec1()?;
         let mut out = vec![0f32; batch * steps * 2 * HIDDEN];
@@ -54,13 +55,35 @@ impl BiLstm {
             .chunks_exact(steps * 2 * GATES)
             .zip(out.chunks_exact_mut(steps * 2 * HIDDEN))
         {
-            for (recurrent, reverse) in self.recurrent.iter().zip([false, true]) {
+            let run = |reverse: bool| {
+                let mut states = vec![0f32; steps * HIDDEN];
                 pulp::Arch::new().dispatch(Run {
-                    recurrent,
+                    recurrent: &self.recurrent[usize::from(reverse)],
                     projected,
-                    out: &mut *out,
+                    out: &mut states,
                     reverse,
                 });
+                states
+            };
+            let (forward, backward) = if threads >= 2 {
+                std::thread::scope(|scope| {
+                    let backward = scope.spawn(|| run(true));
+                    let forward = run(false);
+                    let backward = backward
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (forward, backward)
+                })
+            } else {
+                (run(false), run(true))
+            };
+            for ((out, forward), backward) in out
+                .chunks_exact_mut(2 * HIDDEN)
+                .zip(forward.chunks_exact(HIDDEN))
+                .zip(backward.chunks_exact(HIDDEN))
+            {
+                out[..HIDDEN].copy_from_slice(forward);
+                out[HIDDEN..].copy_from_slice(backward);
             }
         }
         Ok(Tensor::from_vec(
@@ -95,12 +118,12 @@ impl Recurrent {
     }
 
     /// Runs the recurrence over a sequence whose input projections are `projected`
-    /// (`time × [forward 4H | backward 4H]`), writing the hidden states into this direction's
-    /// half of `out` (`time × [forward H | backward H]`).
+    /// (`time × [forward 4H | backward 4H]`), writing this direction's hidden states into
+    /// `out` (`time × H`).
     #[inline(always)]
     fn run(&self, projected: &[f32], out: &mut [f32], reverse: bool) {
         let steps = projected.len() / (2 * GATES);
-        let (gate_offset, out_offset) = if reverse { (GATES, HIDDEN) } else { (0, 0) };
+        let gate_offset = if reverse { GATES } else { 0 };
         let mut hidden = [0f32; HIDDEN];
         let mut cell = [0f32; HIDDEN];
         let mut gates = [0f32; GATES];
@@ -110,8 +133,7 @@ impl Recurrent {
             gates.copy_from_slice(&projected[start..start + GATES]);
             self.add_product(&hidden, &mut gates);
             lstm_cell(&gates, &mut cell, &mut hidden);
-            let start = t * 2 * HIDDEN + out_offset;
-            out[start..start + HIDDEN].copy_from_slice(&hidden);
+            out[t * HIDDEN..(t + 1) * HIDDEN].copy_from_slice(&hidden);
         }
     }
 
@@ -208,7 +230,7 @@ mod tests {
         projected[2 * HIDDEN] = 1.0; // cell candidate of unit 0
         projected[3 * HIDDEN] = -0.25; // output gate of unit 0
         let recurrent = Recurrent::new(&vec![0f32; GATES * HIDDEN]);
-        let mut out = vec![0f32; 2 * HIDDEN];
+        let mut out = vec![0f32; HIDDEN];
         recurrent.run(&projected, &mut out, false);
         let exact = |x: f32| 1.0 / (1.0 + (-x).exp());
         let expected = exact(-0.25) * (exact(0.5) * 1f32.tanh()).tanh();
