@@ -18,11 +18,14 @@
 //! convolution where one precedes them. Layout: [`head`] (the 2-D front, as im2col plus one
 //! candle matrix product per convolution, since candle has no CPU conv2d with a per-axis
 //! stride), [`layers`] (batch norms, convolutions, CAM layers), this file (loading and the
-//! forward pass).
+//! forward pass). After the head the activations are plain row-major `(channels, time)`
+//! vectors: candle does the matrix products, the element-wise steps (batch norm + ReLU, bias,
+//! the CAM masks, statistics pooling) are single loops, and a dense block appends its layers'
+//! channels in place instead of concatenating tensors.
 
 use std::path::Path;
 
-use candle_core::{D, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use crate::fbank::{self, Fbank};
 pub use crate::weights::ModelError;
@@ -136,28 +139,40 @@ impl CamPlusPlus {
     }
 
     /// One embedding from mean-normalised, row-major `(frames, 80)` features.
-    pub(crate) fn embed_frames(&self, features: &[f32], frames: usize) -> Result<Vec<f32>, ModelError> {
+    pub(crate) fn embed_frames(
+        &self,
+        features: &[f32],
+        frames: usize,
+    ) -> Result<Vec<f32>, ModelError> {
         if frames < MIN_FRAMES {
             return Err(ModelError::Input(format!(
                 "CAM++ needs at least {MIN_FRAMES} fbank frames, got {frames}"
             )));
         }
         let x = self.head.forward(features, frames)?;
-        let mut x = self.tdnn.conv1d(&x, 2, 2, 1)?.relu()?;
+        let x = self.tdnn.conv1d(&x, 2, 2, 1)?.relu()?;
+        let steps = x.dim(1)?;
+        let mut x: Vec<f32> = x.flatten_all()?.to_vec1()?;
         for (layers, transit) in &self.blocks {
+            // Channels are rows, so a layer's new channels are appended in place.
             for layer in layers {
                 let y = layer.forward(&x)?;
-                x = Tensor::cat(&[&x, &y], 0)?;
+                x.extend_from_slice(&y);
             }
             x = transit.forward(&x)?;
         }
-        let x = self.out_norm.apply(&x)?.relu()?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let steps = x.dim(D::Minus1)?;
-        let std = (x.broadcast_sub(&mean)?.sqr()?.sum_keepdim(D::Minus1)? / (steps - 1) as f64)?
-            .sqrt()?;
-        let stats = Tensor::cat(&[&mean, &std], 0)?;
-        let embedding = self.dense.matmul(&stats)?;
-        Ok(embedding.flatten_all()?.to_vec1()?)
+        let x = self.out_norm.apply_relu(&x);
+        let channels = x.len() / steps;
+        // Statistics pooling: the mean and the unbiased standard deviation of each channel.
+        let mut stats = vec![0f32; 2 * channels];
+        for (c, row) in x.chunks_exact(steps).enumerate() {
+            let mean = row.iter().sum::<f32>() / steps as f32;
+            let var =
+                row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / (steps - 1) as f32;
+            stats[c] = mean;
+            stats[channels + c] = var.sqrt();
+        }
+        let embedding = self.dense.product(stats, false)?;
+        Ok(embedding)
     }
 }

@@ -8,11 +8,11 @@ use super::head::Plane;
 use super::{BN_EPS, BOTTLENECK, CAM_REDUCTION, GROWTH, SEGMENT};
 use crate::weights::{ModelError, StateDict};
 
-/// A per-channel `x * scale + shift`, shaped `(channels, 1)`: an inference-time batch norm.
+/// A per-channel `x * scale + shift`: an inference-time batch norm.
 #[derive(Debug)]
 pub(super) struct Affine {
-    scale: Tensor,
-    shift: Tensor,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
 }
 
 impl Affine {
@@ -58,56 +58,81 @@ impl Affine {
             scale.push(s as f32);
             shift.push((f64::from(bias[c]) - f64::from(mean[c]) * s) as f32);
         }
-        Ok(Self {
-            scale: Tensor::from_vec(scale, (channels, 1), &Device::Cpu)?,
-            shift: Tensor::from_vec(shift, (channels, 1), &Device::Cpu)?,
-        })
+        Ok(Self { scale, shift })
     }
 
-    /// `x * scale + shift` for `(channels, time)`.
-    pub(super) fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
+    /// `relu(x * scale + shift)` of row-major `(channels, time)` data.
+    pub(super) fn apply_relu(&self, x: &[f32]) -> Vec<f32> {
+        let steps = x.len() / self.scale.len();
+        let mut out = Vec::with_capacity(x.len());
+        for ((row, &scale), &shift) in x.chunks_exact(steps).zip(&self.scale).zip(&self.shift) {
+            out.extend(row.iter().map(|&v| (v * scale + shift).max(0.0)));
+        }
+        out
     }
 }
 
-/// A convolution kept as its weight `(out, in, kernel…)` plus a bias `(out, 1)`.
+/// A convolution kept as its weight `(out, in, kernel…)` plus a bias `(out, 1)`; the weight
+/// also as the matrix `(out, in × kernel…)` and the bias as a vector, for [`Conv::product`].
 #[derive(Debug)]
 pub(super) struct Conv {
     weight: Tensor,
     bias: Tensor,
+    matrix: Tensor,
+    bias_values: Vec<f32>,
 }
 
 impl Conv {
+    fn new(weight: Tensor, bias: Vec<f32>) -> candle_core::Result<Self> {
+        let out = weight.dim(0)?;
+        Ok(Self {
+            matrix: weight.reshape((out, ()))?,
+            bias: Tensor::from_slice(&bias, (out, 1), &Device::Cpu)?,
+            bias_values: bias,
+            weight,
+        })
+    }
+
     /// A bias-free convolution from the state dict.
     pub(super) fn load(w: &StateDict, prefix: &str, shape: &[usize]) -> Result<Self, ModelError> {
         let weight = w.get(&format!("{prefix}.weight"), shape)?;
-        let bias = Tensor::zeros((shape[0], 1), weight.dtype(), &Device::Cpu)?;
-        Ok(Self { weight, bias })
+        Ok(Self::new(weight, vec![0.0; shape[0]])?)
     }
 
     /// The convolution followed by `norm`, as one convolution.
     pub(super) fn fold(self, norm: &Affine) -> Result<Self, ModelError> {
         let rank = self.weight.rank();
-        let scale = norm.scale.reshape(
-            std::iter::once(norm.scale.dim(0)?)
+        let scale = Tensor::from_slice(
+            &norm.scale,
+            std::iter::once(norm.scale.len())
                 .chain(std::iter::repeat_n(1, rank - 1))
                 .collect::<Vec<_>>(),
+            &Device::Cpu,
         )?;
-        Ok(Self {
-            weight: self.weight.broadcast_mul(&scale)?,
-            bias: norm.apply(&self.bias)?,
-        })
+        let bias = self
+            .bias_values
+            .iter()
+            .zip(norm.scale.iter().zip(&norm.shift))
+            .map(|(&b, (&scale, &shift))| b * scale + shift)
+            .collect();
+        Ok(Self::new(self.weight.broadcast_mul(&scale)?, bias)?)
     }
 
-    /// The weight as a matrix `(out, in × kernel…)`.
-    fn matrix(&self) -> candle_core::Result<Tensor> {
-        let out = self.weight.dim(0)?;
-        self.weight.reshape((out, ()))
-    }
-
-    /// A kernel-1 convolution of `(in, time)`: one matrix product.
-    pub(super) fn matmul(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.matrix()?.matmul(x)?.broadcast_add(&self.bias)
+    /// `W x + b` (then a ReLU when `relu`) for row-major `x` `(in × kernel…, time)` (a
+    /// kernel-1 input or a patch matrix): row-major `(out, time)`.
+    pub(super) fn product(&self, x: Vec<f32>, relu: bool) -> candle_core::Result<Vec<f32>> {
+        let rows = self.matrix.dim(1)?;
+        let steps = x.len() / rows;
+        let x = Tensor::from_vec(x, (rows, steps), &Device::Cpu)?;
+        let mut out: Vec<f32> = self.matrix.matmul(&x)?.flatten_all()?.to_vec1()?;
+        for (row, &bias) in out.chunks_exact_mut(steps).zip(&self.bias_values) {
+            if relu {
+                row.iter_mut().for_each(|v| *v = (*v + bias).max(0.0));
+            } else {
+                row.iter_mut().for_each(|v| *v += bias);
+            }
+        }
+        Ok(out)
     }
 
     /// A 1-D convolution of `(in, time)` → `(out, time')`.
@@ -128,19 +153,12 @@ impl Conv {
     /// height (frequency) and 1 along the width (time), of `(in, height, width)` data.
     pub(super) fn conv2d(&self, x: &Plane, stride: usize) -> candle_core::Result<Plane> {
         let kernel = self.weight.dim(D::Minus1)?;
-        let cols = x.im2col(kernel, stride);
         let height = (x.height + 2 * (kernel / 2) - kernel) / stride + 1;
-        let cols = Tensor::from_vec(
-            cols,
-            (x.channels * kernel * kernel, height * x.width),
-            &Device::Cpu,
-        )?;
-        let out = self.matmul(&cols)?;
         Ok(Plane {
-            channels: out.dim(0)?,
+            channels: self.bias_values.len(),
             height,
             width: x.width,
-            data: out.flatten_all()?.to_vec1()?,
+            data: self.product(x.im2col(kernel, stride), false)?,
         })
     }
 }
@@ -165,15 +183,13 @@ impl CamLayer {
     ) -> Result<Self, ModelError> {
         let reduced = BOTTLENECK / CAM_REDUCTION;
         let with_bias = |name: &str, out: usize, input: usize| -> Result<Conv, ModelError> {
-            Ok(Conv {
-                weight: w.get(
+            Ok(Conv::new(
+                w.get(
                     &format!("{prefix}.cam_layer.{name}.weight"),
                     &[out, input, 1],
                 )?,
-                bias: w
-                    .get(&format!("{prefix}.cam_layer.{name}.bias"), &[out])?
-                    .reshape((out, 1))?,
-            })
+                w.vec(&format!("{prefix}.cam_layer.{name}.bias"), &[out])?,
+            )?)
         };
         Ok(Self {
             norm: Affine::batch_norm(w, &format!("{prefix}.nonlinear1.batchnorm"), channels)?,
@@ -194,33 +210,52 @@ impl CamLayer {
         })
     }
 
-    /// `(channels, time)` → the layer's `(32, time)` new channels.
-    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.norm.apply(x)?.relu()?;
-        let h = self.bottleneck.matmul(&h)?.relu()?;
-        let local = self.local.conv1d(&h, self.dilation, 1, self.dilation)?;
+    /// Row-major `(channels, time)` → the layer's `(32, time)` new channels.
+    pub(super) fn forward(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let h = self.bottleneck.product(self.norm.apply_relu(x), true)?;
+        let steps = h.len() / BOTTLENECK;
         // The mask depends on the time step only through its segment, so it is computed once
         // per segment: sigmoid(W2 relu(W1 (global mean + segment mean) + b1) + b2).
-        let steps = h.dim(1)?;
-        let global = h.mean_keepdim(1)?;
         let segments = steps.div_ceil(SEGMENT);
-        let means = (0..segments)
-            .map(|s| {
-                let len = SEGMENT.min(steps - s * SEGMENT);
-                h.narrow(1, s * SEGMENT, len)?.mean_keepdim(1)
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let context = Tensor::cat(&means, 1)?.broadcast_add(&global)?;
-        let mask = self.context1.matmul(&context)?.relu()?;
-        let mask = candle_nn::ops::sigmoid(&self.context2.matmul(&mask)?)?;
-        let spans = (0..segments)
-            .map(|s| {
-                let len = SEGMENT.min(steps - s * SEGMENT);
-                mask.narrow(1, s, 1)?.broadcast_as((GROWTH, len))
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        local.mul(&Tensor::cat(&spans, 1)?)
+        let mut context = Vec::with_capacity(BOTTLENECK * segments);
+        for row in h.chunks_exact(steps) {
+            let global = row.iter().sum::<f32>() / steps as f32;
+            context.extend(
+                row.chunks(SEGMENT)
+                    .map(|segment| global + segment.iter().sum::<f32>() / segment.len() as f32),
+            );
+        }
+        let mask = self.context1.product(context, true)?;
+        let mask = self.context2.product(mask, false)?;
+        let mut local = self
+            .local
+            .product(dilated_patches(&h, steps, self.dilation), false)?;
+        for (row, mask) in local
+            .chunks_exact_mut(steps)
+            .zip(mask.chunks_exact(segments))
+        {
+            for (span, &m) in row.chunks_mut(SEGMENT).zip(mask) {
+                let m = 1.0 / (1.0 + (-m).exp());
+                span.iter_mut().for_each(|v| *v *= m);
+            }
+        }
+        Ok(local)
     }
+}
+
+/// The patch matrix `(channels × 3, time)` of a kernel-3 convolution with dilation and zero
+/// padding `dilation`: row `3c + k` holds channel `c` shifted by `(k - 1) × dilation`.
+fn dilated_patches(x: &[f32], steps: usize, dilation: usize) -> Vec<f32> {
+    let mut cols = vec![0f32; 3 * x.len()];
+    let d = dilation.min(steps);
+    for (row, cols) in x.chunks_exact(steps).zip(cols.chunks_exact_mut(3 * steps)) {
+        let (left, rest) = cols.split_at_mut(steps);
+        let (centre, right) = rest.split_at_mut(steps);
+        left[d..].copy_from_slice(&row[..steps - d]);
+        centre.copy_from_slice(row);
+        right[..steps - d].copy_from_slice(&row[d..]);
+    }
+    cols
 }
 
 /// The transition after a dense block: BN-ReLU and a halving kernel-1 convolution.
@@ -231,7 +266,8 @@ pub(super) struct Transit {
 }
 
 impl Transit {
-    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.linear.matmul(&self.norm.apply(x)?.relu()?)
+    /// Row-major `(channels, time)` → `(channels / 2, time)`.
+    pub(super) fn forward(&self, x: &[f32]) -> candle_core::Result<Vec<f32>> {
+        self.linear.product(self.norm.apply_relu(x), false)
     }
 }
