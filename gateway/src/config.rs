@@ -1070,7 +1070,7 @@ impl Config {
 
         let budgets = budgets_config(raw.budgets, &aliases)?;
         let discord = match raw.discord {
-            Some(d) => Some(d.validate(&aliases, &budgets)?),
+            Some(d) => Some(d.validate(&aliases, &budgets, &mut lookup)?),
             None => None,
         };
         let defaults = CacheConfig::default();

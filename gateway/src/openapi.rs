@@ -90,6 +90,7 @@ impl Modify for ApiKeyAuth {
         routes::admin::set_budget,
         routes::admin::reset_budget,
         crate::discord::interactions,
+        crate::discord::voice::lines,
     ),
     components(schemas(wire::ChatCompletionChunk, wire::ErrorResponse)),
     modifiers(&ApiKeyAuth),
@@ -98,7 +99,7 @@ impl Modify for ApiKeyAuth {
         (name = "Extensions", description = "aigw's own endpoints beside OpenAI's"),
         (name = "Operations", description = "Health, readiness and metrics"),
         (name = "Admin", description = "Session budgets (admin key)"),
-        (name = "Discord", description = "Discord's HTTP interactions (when `[discord]` is configured)"),
+        (name = "Discord", description = "Discord's HTTP interactions (when `[discord]` is configured), and the voice bridge's transcript lines (when `[discord.voice]` is)"),
     )
 )]
 pub struct ApiDoc;

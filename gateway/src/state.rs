@@ -6,9 +6,12 @@ use std::sync::Arc;
 use aigw_state::budget::BudgetLedger;
 use aigw_state::cache::ResponseCache;
 use aigw_state::events::EventSink;
-use aigw_state::memory::{BroadcastSink, MemoryCache, MemoryLedger, MemoryRateLimiter};
+use aigw_state::memory::{
+    BroadcastSink, MemoryCache, MemoryLedger, MemoryRateLimiter, MemoryTranscripts,
+};
 use aigw_state::ratelimit::RateLimiter;
 use aigw_state::redis::{RedisOptions, RedisState};
+use aigw_state::transcript::TranscriptLog;
 
 use crate::auth::KeyStore;
 use crate::budget::Budgets;
@@ -30,6 +33,7 @@ struct Backends {
     sink: Arc<dyn EventSink>,
     limiter: Arc<dyn RateLimiter>,
     cache: Arc<dyn ResponseCache>,
+    transcripts: Arc<dyn TranscriptLog>,
     /// Budget events, when they stay in this process.
     events: Option<BroadcastSink>,
     /// The Redis server behind them, if any.
@@ -45,6 +49,7 @@ impl Backends {
             sink: Arc::new(sink.clone()),
             limiter: Arc::new(MemoryRateLimiter::new()),
             cache: Arc::new(MemoryCache::new(cache_entries)),
+            transcripts: Arc::new(MemoryTranscripts::new()),
             events: Some(sink),
             redis: None,
         }
@@ -68,6 +73,7 @@ impl Backends {
             sink: Arc::new(redis.events()),
             limiter: Arc::new(redis.rate_limiter()),
             cache: Arc::new(redis.cache()),
+            transcripts: Arc::new(redis.transcripts()),
             events: None,
             redis: Some(redis),
         })
@@ -94,6 +100,7 @@ struct Inner {
     budgets: Arc<Budgets>,
     rate_limits: Arc<RateLimits>,
     cache: Arc<Cache>,
+    transcripts: Arc<dyn TranscriptLog>,
     redis: Option<RedisState>,
     events: Option<BroadcastSink>,
     background: tokio_util::task::TaskTracker,
@@ -158,6 +165,7 @@ impl AppState {
             sink,
             limiter,
             cache,
+            transcripts,
             events,
             redis,
         } = backends;
@@ -179,6 +187,7 @@ impl AppState {
                 budgets,
                 rate_limits,
                 cache,
+                transcripts,
                 redis,
                 events,
                 background: tokio_util::task::TaskTracker::new(),
@@ -225,6 +234,11 @@ impl AppState {
     /// The response cache.
     pub fn cache(&self) -> &Arc<Cache> {
         &self.inner.cache
+    }
+
+    /// Voice sessions' transcripts (the Discord voice bridge writes them).
+    pub fn transcripts(&self) -> &Arc<dyn TranscriptLog> {
+        &self.inner.transcripts
     }
 
     /// Rate limits.

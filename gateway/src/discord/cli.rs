@@ -1,6 +1,6 @@
-//! `aigw discord register-commands`: puts `/ask`, `/budget`, `/transcript` and `/recap`
-//! into the application through Discord's bulk overwrite (`PUT`), in one guild or globally,
-//! with the bot token from the env var `discord.bot_token_env` names. Exit status: 0 when
+//! `aigw discord register-commands`: puts `/ask`, `/budget`, `/transcript`, `/recap`, `/listen`
+//! and `/stop` into the application through Discord's bulk overwrite (`PUT`), in one guild or
+//! globally, with the bot token from the env var `discord.bot_token_env` names. Exit status: 0 when
 //! Discord took them, 1 when the call failed, 2 for a configuration or usage error.
 
 #![allow(

@@ -2,7 +2,8 @@
 //! (`routes::generate`, as `POST /v1/chat/completions` does) with the channel as the paying
 //! session, so its budget, the response cache and the alias's routing and fallback apply as
 //! for any client; a refusal becomes a short, polite sentence. `/budget` reads the channel
-//! session's ledger entry; `/transcript` reads the transcript store.
+//! session's ledger entry; `/transcript` reads the transcript store; `/listen` and `/stop`
+//! ask the voice bridge.
 
 use aigw_models::openai::{ChatCompletionRequest, ErrorResponse};
 use aigw_state::budget::Amount;
@@ -10,6 +11,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Value, json};
 
 use super::transcript::TranscriptLine;
+use super::voice::{BridgeError, ListenRequest, StopRequest};
 use super::{Discord, Job};
 use crate::budget::SESSION_HEADER;
 use crate::config::BudgetWindow;
@@ -26,6 +28,8 @@ const RECAP_CHARS: usize = 48_000;
 const RECAP_PROMPT: &str = "You write recaps of tabletop role-playing sessions from their voice \
 transcript (one line per utterance, `Speaker: words`). Summarise what happened, the decisions \
 taken and the open threads, naming who did what. Be brief: a few short paragraphs or bullets.";
+
+const NO_VOICE: &str = "Voice listening is not set up on this server.";
 
 const NO_TRANSCRIPT: &str = "There is no voice transcript for this channel: no voice session \
 has been recorded here.";
@@ -45,6 +49,65 @@ pub(super) async fn run(d: &Discord, job: &Job) -> String {
         Command::Budget => budget(d, job).await,
         Command::Transcript { lines } => transcript(d, job, *lines as usize).await,
         Command::Recap => recap(d, job).await,
+        Command::Listen { voice_channel_id } => listen(d, job, voice_channel_id).await,
+        Command::Stop => stop(d, job).await,
+    }
+}
+
+/// `/listen channel`: the bridge joins the voice channel; its lines come to this channel.
+async fn listen(d: &Discord, job: &Job, voice_channel_id: &str) -> String {
+    let (Some(bridge), Some(voice)) = (&d.inner.bridge, &d.inner.config.voice) else {
+        return NO_VOICE.into();
+    };
+    let req = ListenRequest {
+        guild_id: job.channel.guild_id.clone(),
+        voice_channel_id: voice_channel_id.to_string(),
+        text_channel_id: job.channel.channel_id.clone(),
+    };
+    if let Err(e) = bridge.listen(&req).await {
+        return match e {
+            BridgeError::NotConfigured => NO_VOICE.into(),
+            BridgeError::Unreachable => {
+                "The voice bridge is not answering right now. Please try again later.".into()
+            }
+            BridgeError::Refused(why) => format!("I couldn't join <#{voice_channel_id}>: {why}"),
+        };
+    }
+    let session = job.channel.session();
+    if let Err(e) = d
+        .inner
+        .app
+        .transcripts()
+        .begin(&session, voice.transcript_ttl)
+        .await
+    {
+        // The first line will create the transcript anyway.
+        tracing::warn!(error = %e, %session, "could not mark the voice session");
+    }
+    format!(
+        "Listening in <#{voice_channel_id}>. Each finished utterance is posted here with its \
+         speaker's name; `/transcript` shows the latest lines, `/recap` sums them up and \
+         `/stop` ends it."
+    )
+}
+
+/// `/stop`: the bridge leaves the guild's voice channel; the transcript stays.
+async fn stop(d: &Discord, job: &Job) -> String {
+    let Some(bridge) = &d.inner.bridge else {
+        return NO_VOICE.into();
+    };
+    let req = StopRequest {
+        guild_id: job.channel.guild_id.clone(),
+    };
+    match bridge.stop(&req).await {
+        Ok(()) => "Stopped listening. The transcript stays available to `/transcript` and \
+                   `/recap`."
+            .into(),
+        Err(BridgeError::NotConfigured) => NO_VOICE.into(),
+        Err(BridgeError::Unreachable) => {
+            "The voice bridge is not answering right now. Please try again later.".into()
+        }
+        Err(BridgeError::Refused(why)) => format!("I couldn't stop: {why}"),
     }
 }
 

@@ -29,6 +29,54 @@ pub struct RawDiscord {
     system_prompt: Option<String>,
     max_tokens: Option<u32>,
     temperature: Option<f64>,
+    voice: Option<RawVoice>,
+}
+
+/// Reads a secret's env var (`name`, for the config key `path`), recording it when unset.
+pub type EnvLookup<'a> = dyn FnMut(&str, &str) -> Result<Option<String>, ConfigError> + 'a;
+
+/// `[discord.voice]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVoice {
+    bridge_url: String,
+    bridge_token_env: Option<String>,
+    transcript_lines: Option<usize>,
+    transcript_ttl_secs: Option<u64>,
+}
+
+/// Lines a voice session's transcript keeps, by default.
+pub const DEFAULT_TRANSCRIPT_LINES: usize = 2000;
+/// How long a quiet voice session's transcript is kept, by default (a day).
+pub const DEFAULT_TRANSCRIPT_TTL_SECS: u64 = 24 * 3600;
+
+/// The validated `[discord.voice]` section: where the voice bridge listens, the secret both
+/// sides present, and how much transcript the gateway keeps.
+#[derive(Clone)]
+pub struct VoiceConfig {
+    /// The bridge's control API (`/listen` and `/stop` go there), without a trailing slash.
+    pub bridge_url: String,
+    /// The env var holding the shared secret.
+    pub bridge_token_env: String,
+    /// The secret: the gateway sends it to the bridge, the bridge sends it with transcript
+    /// lines. `None` when the variable is unset: voice commands and lines are then refused.
+    pub bridge_token: Option<String>,
+    /// Newest lines kept per channel.
+    pub transcript_lines: usize,
+    /// How long a transcript outlives its last line.
+    pub transcript_ttl: Duration,
+}
+
+impl std::fmt::Debug for VoiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VoiceConfig")
+            .field("bridge_url", &self.bridge_url)
+            .field("bridge_token_env", &self.bridge_token_env)
+            .field("bridge_token", &self.bridge_token.as_ref().map(|_| "…"))
+            .field("transcript_lines", &self.transcript_lines)
+            .field("transcript_ttl", &self.transcript_ttl)
+            .finish()
+    }
 }
 
 /// The validated `[discord]` section.
@@ -59,6 +107,8 @@ pub struct DiscordConfig {
     pub max_tokens: Option<u32>,
     /// `temperature` of `/ask` and `/recap` (0 makes answers cacheable).
     pub temperature: Option<f64>,
+    /// The voice bridge (`/listen`, `/stop`, transcripts), when configured.
+    pub voice: Option<VoiceConfig>,
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
@@ -79,6 +129,7 @@ impl RawDiscord {
         self,
         aliases: &HashSet<String>,
         budgets: &BudgetsConfig,
+        env: &mut EnvLookup<'_>,
     ) -> Result<DiscordConfig, ConfigError> {
         if !is_snowflake(&self.application_id) {
             return Err(invalid(
@@ -165,7 +216,9 @@ impl RawDiscord {
         if self.max_tokens == Some(0) {
             return Err(invalid("max_tokens", "must be at least 1"));
         }
+        let voice = self.voice.map(|v| v.validate(env)).transpose()?;
         Ok(DiscordConfig {
+            voice,
             application_id: self.application_id,
             public_key,
             bot_token_env,
@@ -178,6 +231,44 @@ impl RawDiscord {
             system_prompt: self.system_prompt.filter(|s| !s.trim().is_empty()),
             max_tokens: self.max_tokens,
             temperature: self.temperature,
+        })
+    }
+}
+
+impl RawVoice {
+    fn validate(self, env: &mut EnvLookup<'_>) -> Result<VoiceConfig, ConfigError> {
+        let bridge_url = self.bridge_url.trim_end_matches('/').to_string();
+        let parsed = reqwest::Url::parse(&bridge_url)
+            .map_err(|e| invalid("voice.bridge_url", format!("not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
+            return Err(invalid(
+                "voice.bridge_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        let bridge_token_env = self
+            .bridge_token_env
+            .unwrap_or_else(|| "AIGW_VOICE_BRIDGE_TOKEN".into());
+        let bridge_token = env(&bridge_token_env, "discord.voice.bridge_token_env")?;
+        let transcript_lines = self.transcript_lines.unwrap_or(DEFAULT_TRANSCRIPT_LINES);
+        if !(1..=100_000).contains(&transcript_lines) {
+            return Err(invalid(
+                "voice.transcript_lines",
+                "must be between 1 and 100000",
+            ));
+        }
+        let ttl = self
+            .transcript_ttl_secs
+            .unwrap_or(DEFAULT_TRANSCRIPT_TTL_SECS);
+        if ttl == 0 {
+            return Err(invalid("voice.transcript_ttl_secs", "must be at least 1"));
+        }
+        Ok(VoiceConfig {
+            bridge_url,
+            bridge_token_env,
+            bridge_token,
+            transcript_lines,
+            transcript_ttl: Duration::from_secs(ttl),
         })
     }
 }
@@ -264,5 +355,37 @@ tokens = 100
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("discord.public_key"), "{err}");
+    }
+
+    #[test]
+    fn voice_section() {
+        let base = format!(
+            "application_id = \"111\"\npublic_key = \"{KEY}\"\nmodel = \"narrator\"\n[discord.voice]\n"
+        );
+        let c = config(&format!("{base}bridge_url = \"http://bridge:8090/\"")).unwrap();
+        let v = c.discord.unwrap().voice.unwrap();
+        assert_eq!(v.bridge_url, "http://bridge:8090");
+        assert_eq!(v.bridge_token_env, "AIGW_VOICE_BRIDGE_TOKEN");
+        assert!(v.bridge_token.is_none());
+        assert_eq!(c.missing_env, ["AIGW_VOICE_BRIDGE_TOKEN"]);
+        assert_eq!(v.transcript_lines, DEFAULT_TRANSCRIPT_LINES);
+        for (extra, path) in [
+            ("bridge_url = \"nope\"", "discord.voice.bridge_url"),
+            (
+                "bridge_url = \"http://b\"\ntranscript_lines = 0",
+                "discord.voice.transcript_lines",
+            ),
+            (
+                "bridge_url = \"http://b\"\ntranscript_ttl_secs = 0",
+                "discord.voice.transcript_ttl_secs",
+            ),
+            (
+                "bridge_url = \"http://b\"\nbridge_token_env = \"a b\"",
+                "discord.voice.bridge_token_env",
+            ),
+        ] {
+            let err = config(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(err.starts_with(path), "{extra}: {err}");
+        }
     }
 }

@@ -158,6 +158,13 @@ pub enum Command {
     },
     /// `/recap`: the chat model summarises the voice transcript.
     Recap,
+    /// `/listen channel`: the voice bridge joins `channel` and transcribes it into this one.
+    Listen {
+        /// The voice channel's id (empty when the option is missing or not an id).
+        voice_channel_id: String,
+    },
+    /// `/stop`: the voice bridge leaves the guild's voice channel.
+    Stop,
 }
 
 impl Command {
@@ -190,6 +197,16 @@ impl Command {
                 Some(Self::Transcript { lines })
             }
             "recap" => Some(Self::Recap),
+            "listen" => {
+                let id = option("channel")
+                    .and_then(Value::as_str)
+                    .filter(|id| super::config::is_snowflake(id))
+                    .unwrap_or_default();
+                Some(Self::Listen {
+                    voice_channel_id: id.to_string(),
+                })
+            }
+            "stop" => Some(Self::Stop),
             _ => None,
         }
     }
@@ -201,6 +218,8 @@ impl Command {
             Self::Budget => "budget",
             Self::Transcript { .. } => "transcript",
             Self::Recap => "recap",
+            Self::Listen { .. } => "listen",
+            Self::Stop => "stop",
         }
     }
 }
@@ -210,7 +229,11 @@ impl Command {
 pub fn definitions() -> Value {
     const STRING: u8 = 3;
     const INTEGER: u8 = 4;
+    const CHANNEL: u8 = 7;
     const GUILD: u8 = 0;
+    // Channel types a bot can listen in: a voice channel and a stage.
+    const GUILD_VOICE: u8 = 2;
+    const GUILD_STAGE_VOICE: u8 = 13;
     json!([
         {
             "name": "ask",
@@ -250,6 +273,25 @@ pub fn definitions() -> Value {
             "type": 1,
             "description": "Summarise this channel's voice session",
             "contexts": [GUILD]
+        },
+        {
+            "name": "listen",
+            "type": 1,
+            "description": "Transcribe a voice channel into this channel, speaker by speaker",
+            "contexts": [GUILD],
+            "options": [{
+                "type": CHANNEL,
+                "name": "channel",
+                "description": "The voice channel to listen to",
+                "required": true,
+                "channel_types": [GUILD_VOICE, GUILD_STAGE_VOICE]
+            }]
+        },
+        {
+            "name": "stop",
+            "type": 1,
+            "description": "Stop listening to this server's voice channel",
+            "contexts": [GUILD]
         }
     ])
 }
@@ -286,6 +328,26 @@ mod tests {
             Command::parse(&data(json!({"name": "budget"}))),
             Some(Command::Budget)
         );
+        assert_eq!(
+            Command::parse(&data(json!({"name": "listen", "options": [
+                {"name": "channel", "type": 7, "value": "123456789012345678"}
+            ]}))),
+            Some(Command::Listen {
+                voice_channel_id: "123456789012345678".into()
+            })
+        );
+        assert_eq!(
+            Command::parse(&data(json!({"name": "listen", "options": [
+                {"name": "channel", "type": 7, "value": "general"}
+            ]}))),
+            Some(Command::Listen {
+                voice_channel_id: String::new()
+            })
+        );
+        assert_eq!(
+            Command::parse(&data(json!({"name": "stop"}))),
+            Some(Command::Stop)
+        );
         assert_eq!(Command::parse(&data(json!({"name": "dance"}))), None);
     }
 
@@ -310,6 +372,9 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["ask", "budget", "transcript", "recap"]);
+        assert_eq!(
+            names,
+            ["ask", "budget", "transcript", "recap", "listen", "stop"]
+        );
     }
 }

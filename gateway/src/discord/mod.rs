@@ -1,4 +1,5 @@
-//! The Discord integration: slash commands over HTTP interactions.
+//! The Discord integration: slash commands over HTTP interactions, and the gateway's side of
+//! the voice bridge.
 //!
 //! Discord POSTs every interaction to `/integrations/discord/interactions`, signed with the
 //! application's Ed25519 key. The handler verifies the signature and its timestamp (else
@@ -15,6 +16,7 @@
 //! - [`interaction`]: the wire format and the commands; [`commands`]: what each answers;
 //! - [`split`]: long answers into messages; [`api`]: the calls to Discord's REST API;
 //! - [`transcript`]: the voice transcripts `/transcript` and `/recap` read;
+//! - [`voice`]: `/listen` and `/stop` to the voice bridge, its transcript lines back;
 //! - [`cli`]: `aigw discord register-commands`.
 
 pub mod api;
@@ -25,6 +27,7 @@ pub mod interaction;
 pub mod split;
 pub mod transcript;
 pub mod verify;
+pub mod voice;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -42,7 +45,7 @@ pub use config::DiscordConfig;
 use interaction::{
     APPLICATION_COMMAND, Command, Interaction, InteractionResponse, MESSAGE_LIMIT, Message, PING,
 };
-pub use transcript::{NoTranscripts, TranscriptLine, TranscriptStore};
+pub use transcript::{SharedTranscripts, TranscriptLine, TranscriptStore};
 
 use crate::auth::Principal;
 use crate::error::ErrorKind;
@@ -67,6 +70,8 @@ struct Inner {
     verifier: verify::Verifier,
     api: api::DiscordApi,
     transcripts: Arc<dyn TranscriptStore>,
+    /// The voice bridge's control API, when `[discord.voice]` is configured.
+    bridge: Option<voice::BridgeClient>,
     /// Who the channels' requests run as: the configured tenant and policy, the one alias.
     principal: Principal,
 }
@@ -101,6 +106,11 @@ impl Discord {
     ) -> anyhow::Result<Self> {
         let verifier = verify::Verifier::new(&config.public_key, config.timestamp_window)?;
         let api = api::DiscordApi::new(&config)?;
+        let bridge = config
+            .voice
+            .as_ref()
+            .map(voice::BridgeClient::new)
+            .transpose()?;
         let principal = Principal {
             key_name: "discord".into(),
             tenant: config.tenant.as_str().into(),
@@ -116,6 +126,7 @@ impl Discord {
                 verifier,
                 api,
                 transcripts,
+                bridge,
                 principal,
             }),
         })
@@ -128,7 +139,7 @@ impl Discord {
             APPLICATION_COMMAND => {
                 let Some(command) = interaction.data.as_ref().and_then(Command::parse) else {
                     return ephemeral(
-                        "I don't know that command. Try `/ask`, `/budget`, `/transcript` or `/recap`.",
+                        "I don't know that command. Try `/ask`, `/budget`, `/transcript`, `/recap`, `/listen` or `/stop`.",
                     );
                 };
                 let (Some(guild_id), Some(channel_id)) =
@@ -140,6 +151,10 @@ impl Discord {
                 };
                 if matches!(&command, Command::Ask { prompt } if prompt.is_empty()) {
                     return ephemeral("Ask me something: `/ask prompt: …`");
+                }
+                if matches!(&command, Command::Listen { voice_channel_id } if voice_channel_id.is_empty())
+                {
+                    return ephemeral("Name the voice channel to listen to: `/listen channel: …`");
                 }
                 self.spawn(Job {
                     interaction_id: interaction.id,
@@ -213,6 +228,8 @@ fn ephemeral(content: &str) -> Response {
 fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response {
     let kind = if status == StatusCode::UNAUTHORIZED {
         "authentication_error"
+    } else if status.is_server_error() {
+        "api_error"
     } else {
         "invalid_request_error"
     };
@@ -271,10 +288,13 @@ pub async fn interactions(
     discord.respond(interaction)
 }
 
-/// The interactions route when `[discord]` is configured (nothing otherwise), with no voice
-/// transcripts.
+/// The interactions route (and the voice bridge's transcript lines) when `[discord]` is
+/// configured; nothing otherwise.
 pub fn router(state: &AppState) -> Router<AppState> {
-    router_with(state, Arc::new(NoTranscripts))
+    router_with(
+        state,
+        Arc::new(SharedTranscripts(state.transcripts().clone())),
+    )
 }
 
 /// [`router`] reading transcripts from `transcripts`.
@@ -285,6 +305,7 @@ pub fn router_with(state: &AppState, transcripts: Arc<dyn TranscriptStore>) -> R
     match Discord::new(state.clone(), config.clone(), transcripts) {
         Ok(discord) => Router::new()
             .route(PATH, post(interactions))
+            .route(voice::LINES_PATH, post(voice::lines))
             .with_state(discord),
         Err(e) => {
             tracing::error!(error = %e, "the Discord integration could not start");

@@ -1,7 +1,10 @@
-//! The voice transcripts `/transcript` and `/recap` read: a store keyed by guild and
-//! channel. The voice bridge (the second half of issue 7) is what will fill one; until it
-//! exists the server runs with [`NoTranscripts`], so both commands say there is none.
+//! The voice transcripts `/transcript` and `/recap` read, by guild and channel. The server
+//! reads the shared [`TranscriptLog`] (in memory, or on Redis so every replica sees the
+//! lines the voice bridge sent to any of them); tests may give a store of their own.
 
+use std::sync::Arc;
+
+use aigw_state::transcript::TranscriptLog;
 use async_trait::async_trait;
 
 /// One finalised utterance of a voice session.
@@ -31,18 +34,36 @@ pub trait TranscriptStore: Send + Sync {
     ) -> Result<Option<Vec<TranscriptLine>>, StoreError>;
 }
 
-/// The store of a server without voice sessions: no channel has a transcript.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoTranscripts;
+/// The server's store: the shared transcript log, keyed by the channel's session.
+#[derive(Clone)]
+pub struct SharedTranscripts(pub Arc<dyn TranscriptLog>);
 
 #[async_trait]
-impl TranscriptStore for NoTranscripts {
+impl TranscriptStore for SharedTranscripts {
     async fn latest(
         &self,
-        _guild_id: &str,
-        _channel_id: &str,
-        _limit: usize,
+        guild_id: &str,
+        channel_id: &str,
+        limit: usize,
     ) -> Result<Option<Vec<TranscriptLine>>, StoreError> {
-        Ok(None)
+        let session = super::Channel {
+            guild_id: guild_id.to_string(),
+            channel_id: channel_id.to_string(),
+        }
+        .session();
+        let lines = self
+            .0
+            .latest(&session, limit)
+            .await
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ok(lines.map(|lines| {
+            lines
+                .into_iter()
+                .map(|l| TranscriptLine {
+                    speaker: l.speaker,
+                    text: l.text,
+                })
+                .collect()
+        }))
     }
 }

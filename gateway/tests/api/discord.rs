@@ -647,6 +647,44 @@ async fn without_voice_sessions_transcript_and_recap_say_so() {
 }
 
 #[tokio::test]
+async fn without_a_voice_bridge_listen_and_stop_say_so() {
+    let h = Harness::start(1000, "").await;
+    let listen = json!([{"name": "channel", "type": 7, "value": "777"}]);
+    let text = answer(&h, command("tok-l", CHANNEL, "listen", listen)).await;
+    assert_eq!(text, "Voice listening is not set up on this server.");
+    let text = answer(&h, command("tok-s", CHANNEL, "stop", json!([]))).await;
+    assert_eq!(text, "Voice listening is not set up on this server.");
+    // A channel option that is not an id is refused at once.
+    let body: Value = h
+        .interact(&command(
+            "tok-x",
+            CHANNEL,
+            "listen",
+            json!([{"name": "channel", "type": 7, "value": "lobby"}]),
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["type"], 4, "{body}");
+    assert!(
+        body["data"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("/listen channel")
+    );
+    // Without [discord.voice] there is no lines endpoint to write to.
+    let resp = h
+        .client
+        .post(format!("{}/integrations/discord/voice/lines", h.url))
+        .json(&json!({"guild_id": GUILD, "channel_id": CHANNEL, "speaker": "A", "text": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
 async fn unknown_commands_and_direct_messages_are_answered_at_once() {
     let h = Harness::start(1000, "").await;
     let resp = h
@@ -670,7 +708,7 @@ async fn unknown_commands_and_direct_messages_are_answered_at_once() {
     assert_eq!(h.up.calls(), 0);
 }
 
-/// A voice session's lines, as the voice bridge will keep them.
+/// A voice session's lines, as a store of the test's own gives them.
 struct Lines(Vec<TranscriptLine>);
 
 #[async_trait::async_trait]
@@ -776,7 +814,7 @@ async fn register_commands_puts_them_through_the_api() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("registered 4 commands in guild 999") && stdout.contains("/ask (90000)"),
+        stdout.contains("registered 6 commands in guild 999") && stdout.contains("/ask (90000)"),
         "{stdout}"
     );
     let calls = discord.calls();
@@ -794,7 +832,10 @@ async fn register_commands_puts_them_through_the_api() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["ask", "budget", "transcript", "recap"]);
+    assert_eq!(
+        names,
+        ["ask", "budget", "transcript", "recap", "listen", "stop"]
+    );
     assert_eq!(calls[0].body[0]["options"][0]["name"], "prompt");
     assert_eq!(calls[0].body[0]["options"][0]["required"], true);
     assert_eq!(calls[0].body[2]["options"][0]["type"], 4);
