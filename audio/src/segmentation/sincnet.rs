@@ -13,6 +13,9 @@ use crate::weights::{ModelError, StateDict};
 
 const SINC_MIN_LOW_HZ: f64 = 50.0;
 const SINC_MIN_BAND_HZ: f64 = 50.0;
+/// Filter output frames computed together (a multiple of [`POOL`]): 126 × 384 floats per
+/// patch matrix, about 190 KiB.
+const CHUNK: usize = 128 * POOL;
 
 /// The SincNet weights.
 #[derive(Debug)]
@@ -82,12 +85,20 @@ impl SincNet {
 
     /// Row-major `(batch, samples)` waveforms → features `(batch, 60, frames)`.
     pub(super) fn forward(&self, waveforms: &[f32], samples: usize) -> candle_core::Result<Tensor> {
-        let filtered = waveforms
+        let first = waveforms
             .chunks_exact(samples)
-            .map(|wave| self.halves.filter(&self.normalise_wave(wave)))
+            .map(|wave| {
+                let mut x = self.halves.filter_pooled(&self.normalise_wave(wave))?;
+                self.norms[0].norm_activate(&mut x)?;
+                Ok(x)
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let x = Tensor::stack(&filtered, 0)?.abs()?;
-        let mut x = self.norms[0].pool_norm_activate(&x)?;
+        let pooled = first.first().map_or(0, |x| x.len() / SINC_FILTERS);
+        let mut x = Tensor::from_vec(
+            first.concat(),
+            (first.len(), SINC_FILTERS, pooled),
+            &Device::Cpu,
+        )?;
         for (conv, norm) in self.convs.iter().zip(&self.norms[1..]) {
             let y = x
                 .conv1d(&conv.weight, 0, 1, 1, 1)?
@@ -145,33 +156,57 @@ impl SincHalves {
         })
     }
 
-    /// The 80 filter outputs `(80, frames)` of one normalised waveform (stride 10, no padding).
-    fn filter(&self, wave: &[f32]) -> candle_core::Result<Tensor> {
-        let half = SINC_TAPS / 2;
+    /// The first stage of one normalised waveform up to its norm: the 80 filter outputs
+    /// (stride 10, no padding), `|x|`, max-pool 3; row-major `(80, frames / 3)`.
+    ///
+    /// The filters run over [`CHUNK`] output frames at a time, so the folded patch matrices
+    /// stay small enough for the cache instead of spanning the whole window (megabytes).
+    fn filter_pooled(&self, wave: &[f32]) -> candle_core::Result<Vec<f32>> {
         let frames = (wave.len() - SINC_TAPS) / SINC_STRIDE + 1;
+        let pooled = frames / POOL;
+        let mut out = vec![0f32; SINC_FILTERS * pooled];
+        for chunk_start in (0..pooled * POOL).step_by(CHUNK) {
+            let len = CHUNK.min(pooled * POOL - chunk_start);
+            let filtered = self.filter(wave, chunk_start, len)?;
+            let column = chunk_start / POOL;
+            for (row, out) in filtered.chunks_exact(len).zip(out.chunks_exact_mut(pooled)) {
+                for (window, out) in row
+                    .chunks_exact(POOL)
+                    .zip(&mut out[column..column + len / POOL])
+                {
+                    *out = window.iter().fold(0f32, |m, v| m.max(v.abs()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The 80 filter outputs, row-major `(80, len)`, of output frames `first..first + len`.
+    fn filter(&self, wave: &[f32], first: usize, len: usize) -> candle_core::Result<Vec<f32>> {
+        let half = SINC_TAPS / 2;
         // Patch matrices, transposed: row k holds, for every frame, the folded pair k.
-        let mut sums = vec![0f32; (half + 1) * frames];
-        let mut diffs = vec![0f32; half * frames];
+        let mut sums = vec![0f32; (half + 1) * len];
+        let mut diffs = vec![0f32; half * len];
         for k in 0..half {
             let (sum_row, diff_row) = (
-                &mut sums[k * frames..(k + 1) * frames],
-                &mut diffs[k * frames..(k + 1) * frames],
+                &mut sums[k * len..(k + 1) * len],
+                &mut diffs[k * len..(k + 1) * len],
             );
             for (t, (sum, diff)) in sum_row.iter_mut().zip(diff_row.iter_mut()).enumerate() {
-                let (a, b) = (
-                    wave[t * SINC_STRIDE + k],
-                    wave[t * SINC_STRIDE + SINC_TAPS - 1 - k],
-                );
+                let start = (first + t) * SINC_STRIDE;
+                let (a, b) = (wave[start + k], wave[start + SINC_TAPS - 1 - k]);
                 *sum = a + b;
                 *diff = a - b;
             }
         }
-        for (t, centre) in sums[half * frames..].iter_mut().enumerate() {
-            *centre = wave[t * SINC_STRIDE + half];
+        for (t, centre) in sums[half * len..].iter_mut().enumerate() {
+            *centre = wave[(first + t) * SINC_STRIDE + half];
         }
-        let sums = Tensor::from_vec(sums, (half + 1, frames), &Device::Cpu)?;
-        let diffs = Tensor::from_vec(diffs, (half, frames), &Device::Cpu)?;
-        Tensor::cat(&[self.even.matmul(&sums)?, self.odd.matmul(&diffs)?], 0)
+        let sums = Tensor::from_vec(sums, (half + 1, len), &Device::Cpu)?;
+        let diffs = Tensor::from_vec(diffs, (half, len), &Device::Cpu)?;
+        let mut out: Vec<f32> = self.even.matmul(&sums)?.flatten_all()?.to_vec1()?;
+        out.extend(self.odd.matmul(&diffs)?.flatten_all()?.to_vec1::<f32>()?);
+        Ok(out)
     }
 }
 
@@ -241,6 +276,23 @@ struct ChannelAffine {
 }
 
 impl ChannelAffine {
+    /// Instance norm, this affine and leaky ReLU, in place, on row-major `(channels, time)`.
+    fn norm_activate(&self, x: &mut [f32]) -> candle_core::Result<()> {
+        let weight: Vec<f32> = self.weight.flatten_all()?.to_vec1()?;
+        let bias: Vec<f32> = self.bias.flatten_all()?.to_vec1()?;
+        let steps = x.len() / weight.len();
+        for ((row, &weight), &bias) in x.chunks_exact_mut(steps).zip(&weight).zip(&bias) {
+            let mean = row.iter().sum::<f32>() / steps as f32;
+            let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / steps as f32;
+            let scale = weight / (var + NORM_EPS as f32).sqrt();
+            for v in row.iter_mut() {
+                let y = (*v - mean) * scale + bias;
+                *v = if y >= 0.0 { y } else { y * LEAKY_SLOPE as f32 };
+            }
+        }
+        Ok(())
+    }
+
     /// SincNet's stage tail: max-pool, instance norm, this affine, leaky ReLU.
     fn pool_norm_activate(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let normed = instance_norm(&max_pool(x)?)?
