@@ -32,6 +32,9 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const TICKS_STALLED: Duration = Duration::from_millis(600);
 /// How long a stopping session waits for its last transcripts.
 const DRAIN: Duration = Duration::from_secs(15);
+/// Most speakers one session transcribes (the realtime endpoint's limit of named tracks per
+/// connection); later newcomers are left out, with a warning.
+pub const MAX_SPEAKERS: usize = 16;
 /// How long connecting (and the session update) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -128,6 +131,8 @@ struct Track {
 #[derive(Debug)]
 pub struct Mixer {
     tracks: HashMap<UserId, Track>,
+    /// Users heard after [`MAX_SPEAKERS`] were reached.
+    left_out: std::collections::HashSet<UserId>,
     tick: u64,
     pad_ticks: u64,
     silence: Vec<i16>,
@@ -138,6 +143,7 @@ impl Mixer {
     pub fn new(pad: Duration) -> Self {
         Self {
             tracks: HashMap::new(),
+            left_out: std::collections::HashSet::new(),
             tick: 0,
             pad_ticks: (pad.as_millis() as u64).div_ceil(TICK_MS),
             silence: vec![0; TICK_SAMPLES],
@@ -151,6 +157,15 @@ impl Mixer {
         let mut out = Vec::new();
         for (user, pcm) in &tick.speaking {
             if pcm.is_empty() {
+                continue;
+            }
+            if !self.tracks.contains_key(user) && self.tracks.len() >= MAX_SPEAKERS {
+                if self.left_out.insert(*user) {
+                    tracing::warn!(
+                        user,
+                        "{MAX_SPEAKERS} speakers are transcribed already; this one is left out"
+                    );
+                }
                 continue;
             }
             self.tracks.entry(*user).or_default().last_audio = self.tick;
@@ -448,6 +463,14 @@ mod tests {
         assert_eq!(&f[0][..2], &[1, b'1']);
         assert!(f[0][2..].iter().all(|&b| b == 0));
         assert_eq!(f[0].len(), 2 + TICK_SAMPLES * 2);
+    }
+
+    #[test]
+    fn speakers_past_the_cap_are_left_out() {
+        let mut m = Mixer::new(Duration::from_millis(20));
+        let users: Vec<u64> = (1..=MAX_SPEAKERS as u64 + 2).collect();
+        assert_eq!(m.frames(&tick(&users)).len(), MAX_SPEAKERS);
+        assert_eq!(m.frames(&tick(&users)).len(), MAX_SPEAKERS);
     }
 
     #[test]

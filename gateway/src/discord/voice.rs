@@ -91,8 +91,9 @@ impl BridgeClient {
         Ok(Self {
             client: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(3))
-                // Joining a voice channel takes Discord a few seconds at worst.
-                .timeout(Duration::from_secs(20))
+                // Joining takes Discord seconds; moving from another channel first waits for
+                // that session's last transcripts (up to 20 s).
+                .timeout(Duration::from_secs(60))
                 .build()?,
             base: voice.bridge_url.clone(),
             token: voice.bridge_token.clone(),
