@@ -98,21 +98,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     )?;
     // The same step as a session with two step threads runs it: the LSTM's directions side
-    // by side, then the embeddings two at a time.
+    // by side, two embeddings side by side, then the third with its head on both threads.
     let segmentation = segmentation.with_threads(2);
+    let campplus_2 = CamPlusPlus::load(&campplus_path)?.with_threads(2);
     report("the same step on 2 threads", runs, &wanted, || {
         segmentation.segment(window)?;
         std::thread::scope(|scope| {
             let second = scope.spawn(|| embed(1));
             embed(0)?;
-            embed(2)?;
             second.join().map_err(|_| {
                 aigw_audio::segmentation::ModelError::Input("embedding thread panicked".into())
-            })?
+            })??;
+            let start = seconds(3.0);
+            campplus_2.embed_samples(&window[start..start + seconds(1.5)])
         })
         .map(drop)
     })?;
-    drop(segmentation);
+    report(
+        "CAM++ embedding, 1.5 s, on 2 threads",
+        runs,
+        &wanted,
+        || campplus_2.embed_samples(&audio[..seconds(1.5)]).map(drop),
+    )?;
+    drop((segmentation, campplus_2));
 
     let wav = std::env::args().nth(3).map_or(fixture, PathBuf::from);
     let samples = decode(std::fs::read(&wav)?, wav.to_str(), 3600.0)?.samples;

@@ -63,6 +63,8 @@ pub struct CamPlusPlus {
     blocks: Vec<(Vec<CamLayer>, Transit)>,
     out_norm: Affine,
     dense: Conv,
+    /// Threads [`embed_samples`](Self::embed_samples) and [`embed`](Self::embed) use.
+    threads: usize,
 }
 
 impl CamPlusPlus {
@@ -105,7 +107,15 @@ impl CamPlusPlus {
             blocks,
             out_norm,
             dense,
+            threads: 1,
         })
+    }
+
+    /// Lets [`embed_samples`](Self::embed_samples) and [`embed`](Self::embed) run the head's
+    /// convolutions on `threads` threads (the results are the same). One by default.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
     }
 
     /// The embedding of 16 kHz mono samples in [-1, 1]: Kaldi fbank, minus its mean over
@@ -114,7 +124,7 @@ impl CamPlusPlus {
         let frames = fbank::num_frames(samples.len());
         let mut features = self.fbank.compute(samples);
         fbank::subtract_mean(&mut features, fbank::NUM_MEL_BINS);
-        self.embed_frames(&features, frames)
+        self.embed_frames(&features, frames, self.threads)
     }
 
     /// Embeddings `(batch, 192)` of mean-normalised fbank features `(batch, frames, 80)`.
@@ -129,7 +139,7 @@ impl CamPlusPlus {
         let mut rows = Vec::with_capacity(batch * EMBEDDING_DIM);
         for item in 0..batch {
             let features: Vec<f32> = features.get(item)?.flatten_all()?.to_vec1()?;
-            rows.extend(self.embed_frames(&features, frames)?);
+            rows.extend(self.embed_frames(&features, frames, self.threads)?);
         }
         Ok(Tensor::from_vec(
             rows,
@@ -138,18 +148,20 @@ impl CamPlusPlus {
         )?)
     }
 
-    /// One embedding from mean-normalised, row-major `(frames, 80)` features.
+    /// One embedding from mean-normalised, row-major `(frames, 80)` features; the head's
+    /// convolutions (about half the work) run on up to `threads` threads.
     pub(crate) fn embed_frames(
         &self,
         features: &[f32],
         frames: usize,
+        threads: usize,
     ) -> Result<Vec<f32>, ModelError> {
         if frames < MIN_FRAMES {
             return Err(ModelError::Input(format!(
                 "CAM++ needs at least {MIN_FRAMES} fbank frames, got {frames}"
             )));
         }
-        let x = self.head.forward(features, frames)?;
+        let x = self.head.forward(features, frames, threads)?;
         let x = self.tdnn.conv1d(&x, 2, 2, 1)?.relu()?;
         let steps = x.dim(1)?;
         let mut x: Vec<f32> = x.flatten_all()?.to_vec1()?;

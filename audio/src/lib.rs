@@ -8,12 +8,14 @@
 //!   log-mel filterbanks);
 //! - [`diarize`]: streaming speaker diarisation (diart's rolling windows, incremental
 //!   clustering with the Hungarian method, delayed aggregation) on top of those, and
-//!   whole-file diarisation through the same pipeline.
+//!   whole-file diarisation through the same pipeline; `parallel` (private) holds the scoped
+//!   threads with which a step uses more than one core.
 
 pub mod campplus;
 pub mod decode;
 pub mod diarize;
 pub mod fbank;
+mod parallel;
 pub mod segmentation;
 mod weights;
 pub mod whisper;

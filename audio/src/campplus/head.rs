@@ -17,12 +17,30 @@ pub(super) struct Plane {
 }
 
 impl Plane {
+    /// Output rows of a `k × k` convolution with zero padding `k / 2` and stride `stride`
+    /// along the height.
+    pub(super) fn out_height(&self, kernel: usize, stride: usize) -> usize {
+        (self.height + 2 * (kernel / 2) - kernel) / stride + 1
+    }
+
     /// The `(channels × k × k, height' × width)` patch matrix of a `k × k` convolution with
     /// zero padding `k / 2` and stride `stride` along the height.
-    pub(super) fn im2col(&self, kernel: usize, stride: usize) -> Vec<f32> {
+    #[cfg(test)]
+    fn im2col(&self, kernel: usize, stride: usize) -> Vec<f32> {
+        self.im2col_rows(kernel, stride, 0..self.out_height(kernel, stride))
+    }
+
+    /// The columns of the patch matrix for the output rows `out_rows` only:
+    /// `(channels × k × k, out_rows.len() × width)`.
+    pub(super) fn im2col_rows(
+        &self,
+        kernel: usize,
+        stride: usize,
+        out_rows: std::ops::Range<usize>,
+    ) -> Vec<f32> {
         let pad = kernel / 2;
         let (h, w) = (self.height, self.width);
-        let out_h = (h + 2 * pad - kernel) / stride + 1;
+        let out_h = out_rows.len();
         let mut cols = vec![0f32; self.channels * kernel * kernel * out_h * w];
         let mut rows = cols.chunks_exact_mut(out_h * w);
         for c in 0..self.channels {
@@ -30,8 +48,8 @@ impl Plane {
             for kh in 0..kernel {
                 for kw in 0..kernel {
                     let Some(row) = rows.next() else { return cols };
-                    for oh in 0..out_h {
-                        let Some(ih) = (oh * stride + kh).checked_sub(pad).filter(|&i| i < h)
+                    for (oh, out_row) in out_rows.clone().enumerate() {
+                        let Some(ih) = (out_row * stride + kh).checked_sub(pad).filter(|&i| i < h)
                         else {
                             continue;
                         };
@@ -81,11 +99,11 @@ struct ResBlock {
 }
 
 impl ResBlock {
-    fn forward(&self, x: &Plane) -> candle_core::Result<Plane> {
-        let y = self.conv1.conv2d(x, self.stride)?.relu();
-        let y = self.conv2.conv2d(&y, 1)?;
+    fn forward(&self, x: &Plane, threads: usize) -> candle_core::Result<Plane> {
+        let y = self.conv1.conv2d(x, self.stride, threads)?.relu();
+        let y = self.conv2.conv2d(&y, 1, threads)?;
         Ok(match &self.shortcut {
-            Some(shortcut) => y.add_relu(&shortcut.conv2d(x, self.stride)?),
+            Some(shortcut) => y.add_relu(&shortcut.conv2d(x, self.stride, threads)?),
             None => y.add_relu(x),
         })
     }
@@ -136,8 +154,13 @@ impl Head {
         })
     }
 
-    /// `(frames, 80)` features → `(320, frames)`.
-    pub(super) fn forward(&self, features: &[f32], frames: usize) -> candle_core::Result<Tensor> {
+    /// `(frames, 80)` features → `(320, frames)`, each convolution on up to `threads` threads.
+    pub(super) fn forward(
+        &self,
+        features: &[f32],
+        frames: usize,
+        threads: usize,
+    ) -> candle_core::Result<Tensor> {
         let bins = fbank::NUM_MEL_BINS;
         let mut data = vec![0f32; bins * frames];
         for (t, row) in features.chunks_exact(bins).enumerate() {
@@ -151,11 +174,11 @@ impl Head {
             width: frames,
             data,
         };
-        let mut x = self.conv1.conv2d(&x, 1)?.relu();
+        let mut x = self.conv1.conv2d(&x, 1, threads)?.relu();
         for block in &self.blocks {
-            x = block.forward(&x)?;
+            x = block.forward(&x, threads)?;
         }
-        let x = self.conv2.conv2d(&x, 2)?.relu();
+        let x = self.conv2.conv2d(&x, 2, threads)?.relu();
         Tensor::from_vec(x.data, (x.channels * x.height, x.width), &Device::Cpu)
     }
 }

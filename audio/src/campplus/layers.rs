@@ -6,6 +6,7 @@ use candle_core::{D, Device, Tensor};
 
 use super::head::Plane;
 use super::{BN_EPS, BOTTLENECK, CAM_REDUCTION, GROWTH, SEGMENT};
+use crate::parallel::{parallel_map, split};
 use crate::weights::{ModelError, StateDict};
 
 /// A per-channel `x * scale + shift`: an inference-time batch norm.
@@ -150,15 +151,40 @@ impl Conv {
     }
 
     /// A 3×3 (or 1×1) 2-D convolution, padding `kernel / 2`, stride `stride` along the
-    /// height (frequency) and 1 along the width (time), of `(in, height, width)` data.
-    pub(super) fn conv2d(&self, x: &Plane, stride: usize) -> candle_core::Result<Plane> {
+    /// height (frequency) and 1 along the width (time), of `(in, height, width)` data. The
+    /// output rows are cut into `threads` blocks, each its own patch matrix and product on a
+    /// thread of its own.
+    pub(super) fn conv2d(
+        &self,
+        x: &Plane,
+        stride: usize,
+        threads: usize,
+    ) -> candle_core::Result<Plane> {
         let kernel = self.weight.dim(D::Minus1)?;
-        let height = (x.height + 2 * (kernel / 2) - kernel) / stride + 1;
+        let height = x.out_height(kernel, stride);
+        let blocks = split(height, threads);
+        let outputs = parallel_map(&blocks, threads, |rows| {
+            self.product(x.im2col_rows(kernel, stride, rows.clone()), false)
+        })?;
+        let channels = self.bias_values.len();
+        let data = match <[Vec<f32>; 1]>::try_from(outputs) {
+            Ok([single]) => single,
+            Err(outputs) => {
+                let mut data = Vec::with_capacity(channels * height * x.width);
+                for c in 0..channels {
+                    for (rows, out) in blocks.iter().zip(&outputs) {
+                        let len = rows.len() * x.width;
+                        data.extend_from_slice(&out[c * len..(c + 1) * len]);
+                    }
+                }
+                data
+            }
+        };
         Ok(Plane {
-            channels: self.bias_values.len(),
+            channels,
             height,
             width: x.width,
-            data: self.product(x.im2col(kernel, stride), false)?,
+            data,
         })
     }
 }

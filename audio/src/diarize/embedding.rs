@@ -13,6 +13,7 @@
 use super::clustering::normalize;
 use crate::campplus::CamPlusPlus;
 use crate::fbank::{self, FRAME_LENGTH, FRAME_SHIFT, NUM_MEL_BINS};
+use crate::parallel::parallel_map;
 use crate::segmentation::{FRAME_SPAN, FRAME_STEP, LOCAL_SPEAKERS};
 use crate::weights::ModelError;
 
@@ -62,7 +63,7 @@ fn select_frames(
 /// Unit-length embeddings of the local speakers `speakers` of one window, from the window's
 /// fbank features (row-major `(frames, 80)`, not mean-normalised) and its per-frame speaker
 /// activities; `None` for a speaker with too little speech. The embeddings are computed on up
-/// to `threads` threads, one speaker per thread at a time.
+/// to `threads` threads.
 pub(crate) fn embed_speakers(
     model: &CamPlusPlus,
     features: &[f32],
@@ -90,7 +91,16 @@ pub(crate) fn embed_speakers(
         .enumerate()
         .filter_map(|(i, input)| Some((i, input.as_deref()?)))
         .collect();
-    let computed = parallel_map(&present, threads, |&(_, input)| embed(model, input))?;
+    // As many speakers at once as there are threads; the rest share the threads within one
+    // embedding (e.g. 3 speakers on 2 threads: two side by side, then one on both).
+    let threads = threads.max(1);
+    let mut computed = Vec::with_capacity(present.len());
+    for round in present.chunks(threads) {
+        let within = threads / round.len();
+        computed.extend(parallel_map(round, round.len(), |&(_, input)| {
+            embed(model, input, within)
+        })?);
+    }
     let mut embeddings: Vec<Option<Vec<f32>>> = vec![None; inputs.len()];
     for ((i, _), embedding) in present.into_iter().zip(computed) {
         embeddings[i] = Some(embedding);
@@ -99,46 +109,12 @@ pub(crate) fn embed_speakers(
 }
 
 /// The unit-length embedding of selected, not yet mean-normalised fbank frames.
-fn embed(model: &CamPlusPlus, selected: &[f32]) -> Result<Vec<f32>, ModelError> {
+fn embed(model: &CamPlusPlus, selected: &[f32], threads: usize) -> Result<Vec<f32>, ModelError> {
     let mut input = selected.to_vec();
     fbank::subtract_mean(&mut input, NUM_MEL_BINS);
-    let mut embedding = model.embed_frames(&input, input.len() / NUM_MEL_BINS)?;
+    let mut embedding = model.embed_frames(&input, input.len() / NUM_MEL_BINS, threads)?;
     normalize(&mut embedding);
     Ok(embedding)
-}
-
-/// `f` over `items`, in order, on up to `threads` threads (the caller's among them): item `i`
-/// runs on thread `i % threads`.
-pub(crate) fn parallel_map<T: Sync, R: Send>(
-    items: &[T],
-    threads: usize,
-    f: impl Fn(&T) -> Result<R, ModelError> + Sync,
-) -> Result<Vec<R>, ModelError> {
-    let threads = threads.clamp(1, items.len().max(1));
-    if threads == 1 {
-        return items.iter().map(&f).collect();
-    }
-    let share = |first: usize| -> Result<Vec<R>, ModelError> {
-        items.iter().skip(first).step_by(threads).map(&f).collect()
-    };
-    let mut shares = std::thread::scope(|scope| {
-        let workers: Vec<_> = (1..threads)
-            .map(|first| scope.spawn(move || share(first)))
-            .collect();
-        let mut shares = vec![share(0)];
-        shares.extend(workers.into_iter().map(|worker| {
-            worker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        }));
-        shares
-    })
-    .into_iter()
-    .map(|share| share.map(Vec::into_iter))
-    .collect::<Result<Vec<_>, _>>()?;
-    Ok((0..items.len())
-        .filter_map(|i| shares[i % threads].next())
-        .collect())
 }
 
 #[cfg(test)]
