@@ -4,7 +4,7 @@
   manifests RENDERED OUT_DIR K8S...   validate every rendered manifest, write its aigw configs
   metrics METRICS_RS FILE...          every aigw_* series used by alerts/dashboards exists
   compose COMPOSE_YAML                compose.yaml parses and holds what deploy/README.md says
-  dockerfiles FILE...                 each image's final stage runs as a non-root user
+  dockerfiles FILE...                 every shipped stage runs as non-root, binaries only
 """
 
 import io
@@ -230,14 +230,29 @@ def check_compose(path):
 # ---- Dockerfiles -----------------------------------------------------------------------------
 
 def check_dockerfiles(paths):
+    """Every stage that ships (copies a binary from a build stage) runs as a non-root user and
+    holds no build tools; the last stage (the default target) is such a stage."""
+    shipped = 0
     for path in paths:
         stages = re.split(r"(?m)^FROM ", open(path).read())[1:]
-        last = stages[-1]
-        users = re.findall(r"(?m)^USER\s+(\S+)", last)
-        assert users and users[-1].split(":")[0] not in ("0", "root"), f"{path}: final stage runs as root"
-        assert "cargo" not in last and "rustup" not in last, f"{path}: build tools in the final stage"
-        assert "COPY --from=build" in last, f"{path}: final stage does not copy the built binary"
-    print(f"  {len(paths)} Dockerfiles: final stages non-root, binary only", file=sys.stderr)
+        for i, stage in enumerate(stages):
+            name = re.match(r"\S+(?:\s+AS\s+(\S+))?", stage, re.I).group(1) or f"#{i}"
+            last = i == len(stages) - 1
+            if "COPY --from=" not in stage:
+                assert not last, f"{path}: final stage does not copy the built binary"
+                continue
+            shipped += 1
+            users = re.findall(r"(?m)^USER\s+(\S+)", stage)
+            assert users and users[-1].split(":")[0] not in ("0", "root"), f"{path}: stage {name} runs as root"
+            assert "cargo" not in stage and "rustup" not in stage, f"{path}: build tools in stage {name}"
+            assert re.search(r"(?m)^COPY --from=build(-\S+)? ", stage), f"{path}: stage {name} copies no built binary"
+        if os.path.basename(path) == "Dockerfile":
+            assert re.match(r"\S+\s+AS\s+runtime\b", stages[-1], re.I), f"{path}: the default target is not runtime"
+            assert re.search(r"(?m)^FROM \S+ AS voice-bridge$", open(path).read()), f"{path}: no voice-bridge target"
+            assert "STOPSIGNAL SIGINT" in stages[[i for i, st in enumerate(stages) if re.match(r"\S+\s+AS\s+voice-bridge\b", st)][0]], \
+                f"{path}: the voice-bridge stage must stop with SIGINT (the bridge handles no SIGTERM)"
+    print(f"  {len(paths)} Dockerfiles, {shipped} shipped stages: non-root, binaries only; "
+          "runtime the default target", file=sys.stderr)
 
 
 def main(argv):
