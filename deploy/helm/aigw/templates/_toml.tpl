@@ -59,6 +59,7 @@ per map. Call with (list "path." map); nulls are left out.
 {{- define "aigw.gateway.toml" -}}
 {{- $ := . -}}
 {{- $cfg := .Values.gateway.config -}}
+{{- if .Values.voiceBridge.enabled }}{{ $cfg = include "aigw.gateway.configValues" . | fromJson }}{{ end -}}
 # aigw gateway, rendered by the aigw Helm chart ({{ .Chart.Version }}). Secrets: *_env keys name
 # env vars filled from the Secret {{ .Values.secrets.name }}.
 
