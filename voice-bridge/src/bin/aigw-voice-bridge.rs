@@ -138,6 +138,25 @@ impl songbird::EventHandler for Receiver {
     }
 }
 
+/// SIGINT or SIGTERM (what Kubernetes sends).
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -163,10 +182,8 @@ async fn main() -> anyhow::Result<()> {
     let bridge = Arc::new(Bridge::new(config.clone(), connector)?);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     tracing::info!(listen = %config.listen, "control API listening");
-    let server =
-        axum::serve(listener, control::router(bridge.clone())).with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        });
+    let server = axum::serve(listener, control::router(bridge.clone()))
+        .with_graceful_shutdown(stop_signal());
     let shards = client.shard_manager.clone();
     tokio::select! {
         r = client.start() => r?,
