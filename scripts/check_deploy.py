@@ -224,6 +224,12 @@ def check_compose(path):
             assert os.path.exists(df), f"{path}: {name}: no {df}"
     for vol in doc.get("volumes", {}) or {}:
         assert isinstance(vol, str)
+    bridge = services.get("voice-bridge")
+    assert bridge, f"{path}: no service voice-bridge"
+    assert bridge.get("profiles") == ["discord"], f"{path}: voice-bridge must be behind the profile discord"
+    assert bridge.get("build", {}).get("target") == "voice-bridge", f"{path}: voice-bridge builds another target"
+    # Compose interpolates services of inactive profiles too: a ${VAR:?} there breaks `up`.
+    assert ":?" not in json.dumps(bridge), f"{path}: voice-bridge uses a required ${{VAR:?}} variable"
     print(f"  {path}: {len(services)} services ({', '.join(services)})", file=sys.stderr)
 
 
