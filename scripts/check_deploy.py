@@ -255,8 +255,6 @@ def check_dockerfiles(paths):
         if os.path.basename(path) == "Dockerfile":
             assert re.match(r"\S+\s+AS\s+runtime\b", stages[-1], re.I), f"{path}: the default target is not runtime"
             assert re.search(r"(?m)^FROM \S+ AS voice-bridge$", open(path).read()), f"{path}: no voice-bridge target"
-            assert "STOPSIGNAL SIGINT" in stages[[i for i, st in enumerate(stages) if re.match(r"\S+\s+AS\s+voice-bridge\b", st)][0]], \
-                f"{path}: the voice-bridge stage must stop with SIGINT (the bridge handles no SIGTERM)"
     print(f"  {len(paths)} Dockerfiles, {shipped} shipped stages: non-root, binaries only; "
           "runtime the default target", file=sys.stderr)
 
