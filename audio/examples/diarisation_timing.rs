@@ -115,6 +115,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(drop)
     })?;
     report(
+        "segmentation, 5 s window, on 2 threads",
+        runs,
+        &wanted,
+        || segmentation.segment(window).map(drop),
+    )?;
+    report(
         "CAM++ embedding, 1.5 s, on 2 threads",
         runs,
         &wanted,

@@ -129,8 +129,9 @@ impl Segmentation {
         })
     }
 
-    /// Lets a forward pass use `threads` threads: from 2 on, each LSTM layer runs its two
-    /// directions side by side (the results are the same). One by default.
+    /// Lets a forward pass use `threads` threads: SincNet's filters and the LSTM's input
+    /// projections are split by time, each LSTM layer runs its two directions side by side
+    /// (the results are the same). One by default.
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
         self
@@ -158,7 +159,7 @@ impl Segmentation {
             )));
         }
         let waveforms: Vec<f32> = waveforms.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let features = self.sincnet.forward(&waveforms, samples)?;
+        let features = self.sincnet.forward(&waveforms, samples, self.threads)?;
         let mut x = features.transpose(1, 2)?.contiguous()?;
         for layer in &self.lstm {
             x = layer.forward(&x, self.threads)?;
@@ -236,6 +237,23 @@ impl Linear {
                 .contiguous()?,
             bias: weights.get(&format!("{prefix}.bias"), &[output])?,
         })
+    }
+
+    /// `x @ w + b` over the last axis of `(batch, time, input)`, as a row-major
+    /// `(batch × time, output)` vector, the rows cut into `threads` blocks computed side by
+    /// side.
+    fn forward_rows(&self, x: &Tensor, threads: usize) -> candle_core::Result<Vec<f32>> {
+        let (batch, steps, input) = x.dims3()?;
+        let rows = x.reshape((batch * steps, input))?;
+        let blocks = crate::parallel::split(batch * steps, threads);
+        let parts = crate::parallel::parallel_map(&blocks, threads, |block| {
+            rows.narrow(0, block.start, block.len())?
+                .matmul(&self.weight_t)?
+                .broadcast_add(&self.bias)?
+                .flatten_all()?
+                .to_vec1::<f32>()
+        })?;
+        Ok(parts.concat())
     }
 
     /// `x @ w + b` over the last axis of `(batch, time, input)`.

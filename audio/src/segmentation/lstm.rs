@@ -46,10 +46,11 @@ impl BiLstm {
     }
 
     /// `(batch, time, input)` → `(batch, time, 2H)`: forward states then backward states.
-    /// With `threads` ≥ 2 the backward direction runs on a second thread.
+    /// With `threads` ≥ 2 the input projections are split over the threads by time and the
+    /// backward direction runs on a second thread.
     pub(super) fn forward(&self, x: &Tensor, threads: usize) -> Result<Tensor, ModelError> {
         let (batch, steps, _) = x.dims3()?;
-        let projected: Vec<f32> = self.input.forward(x)?.flatten_all()?.to_vec1()?;
+        let projected = self.input.forward_rows(x, threads)?;
         let mut out = vec![0f32; batch * steps * 2 * HIDDEN];
         for (projected, out) in projected
             .chunks_exact(steps * 2 * GATES)

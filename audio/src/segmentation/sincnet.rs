@@ -9,6 +9,7 @@ use super::{
     CONV_CHANNELS, CONV_KERNEL, LEAKY_SLOPE, NORM_EPS, POOL, SAMPLE_RATE, SINC_FILTERS,
     SINC_STRIDE, SINC_TAPS,
 };
+use crate::parallel::parallel_map;
 use crate::weights::{ModelError, StateDict};
 
 const SINC_MIN_LOW_HZ: f64 = 50.0;
@@ -83,12 +84,20 @@ impl SincNet {
         &self.filters
     }
 
-    /// Row-major `(batch, samples)` waveforms → features `(batch, 60, frames)`.
-    pub(super) fn forward(&self, waveforms: &[f32], samples: usize) -> candle_core::Result<Tensor> {
+    /// Row-major `(batch, samples)` waveforms → features `(batch, 60, frames)`; the filters
+    /// run on up to `threads` threads.
+    pub(super) fn forward(
+        &self,
+        waveforms: &[f32],
+        samples: usize,
+        threads: usize,
+    ) -> candle_core::Result<Tensor> {
         let first = waveforms
             .chunks_exact(samples)
             .map(|wave| {
-                let mut x = self.halves.filter_pooled(&self.normalise_wave(wave))?;
+                let mut x = self
+                    .halves
+                    .filter_pooled(&self.normalise_wave(wave), threads)?;
                 self.norms[0].norm_activate(&mut x)?;
                 Ok(x)
             })
@@ -160,14 +169,18 @@ impl SincHalves {
     /// (stride 10, no padding), `|x|`, max-pool 3; row-major `(80, frames / 3)`.
     ///
     /// The filters run over [`CHUNK`] output frames at a time, so the folded patch matrices
-    /// stay small enough for the cache instead of spanning the whole window (megabytes).
-    fn filter_pooled(&self, wave: &[f32]) -> candle_core::Result<Vec<f32>> {
+    /// stay small enough for the cache instead of spanning the whole window (megabytes); the
+    /// chunks are shared out over up to `threads` threads.
+    fn filter_pooled(&self, wave: &[f32], threads: usize) -> candle_core::Result<Vec<f32>> {
         let frames = (wave.len() - SINC_TAPS) / SINC_STRIDE + 1;
         let pooled = frames / POOL;
+        let chunks: Vec<usize> = (0..pooled * POOL).step_by(CHUNK).collect();
+        let filtered = parallel_map(&chunks, threads, |&chunk_start| {
+            self.filter(wave, chunk_start, CHUNK.min(pooled * POOL - chunk_start))
+        })?;
         let mut out = vec![0f32; SINC_FILTERS * pooled];
-        for chunk_start in (0..pooled * POOL).step_by(CHUNK) {
+        for (&chunk_start, filtered) in chunks.iter().zip(filtered) {
             let len = CHUNK.min(pooled * POOL - chunk_start);
-            let filtered = self.filter(wave, chunk_start, len)?;
             let column = chunk_start / POOL;
             for (row, out) in filtered.chunks_exact(len).zip(out.chunks_exact_mut(pooled)) {
                 for (window, out) in row
