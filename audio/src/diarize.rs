@@ -77,6 +77,11 @@ impl DiarizationModels {
         self.segmentation = self.segmentation.with_threads(self.threads);
         self
     }
+
+    /// Threads one step uses.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
 }
 
 /// A turn of one speaker, in seconds from the stream's start.

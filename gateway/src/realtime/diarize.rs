@@ -6,8 +6,9 @@
 //! Open turns are reported again as they grow (a revision: same speaker and start, later
 //! end); the final one closes them. Named tracks need none of this: their speaker is the
 //! track. The audio queue is bounded (backpressure on the socket reader), steps of all
-//! sessions share one permit per core, and the state is freed when the session ends or
-//! switches diarisation off.
+//! sessions share one permit per core (a step takes one per thread it uses, so sessions
+//! never oversubscribe the cores), and the state is freed when the session ends or switches
+//! diarisation off.
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
@@ -28,13 +29,14 @@ const MAX_TURNS: usize = 4096;
 const LABEL_WAIT: Duration = Duration::from_secs(5);
 const RATE: f64 = 16_000.0;
 
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 /// The permits for diarisation steps running at once, shared by every session: one per core.
 fn compute() -> &'static Arc<tokio::sync::Semaphore> {
     static COMPUTE: OnceLock<Arc<tokio::sync::Semaphore>> = OnceLock::new();
-    COMPUTE.get_or_init(|| {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Arc::new(tokio::sync::Semaphore::new(cores))
-    })
+    COMPUTE.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(cores())))
 }
 
 /// The local diarisation models, if the server has any (`kind = "diarization"`).
@@ -152,9 +154,11 @@ impl Diarization {
             ..TurnLog::default()
         }));
         let latency = config.latency_s;
+        let threads = models.threads();
         let diarizer = StreamingDiarizer::new(models, config);
         let task = tokio::spawn(run(
             diarizer,
+            threads,
             rx,
             Arc::clone(&turns),
             offset,
@@ -182,6 +186,7 @@ impl Diarization {
 
 async fn run(
     diarizer: StreamingDiarizer,
+    threads: usize,
     mut rx: mpsc::Receiver<Vec<f32>>,
     log: Arc<Mutex<TurnLog>>,
     offset: f64,
@@ -204,9 +209,10 @@ async fn run(
         }
         let Some(mut d) = diarizer.take() else { return };
         pushed += chunk.len();
-        // One diarisation step per core across all sessions; the others wait their turn
-        // (and their audio queues, then their sockets, fill up).
-        let Ok(permit) = Arc::clone(compute()).acquire_owned().await else {
+        // One permit per core across all sessions, a step taking one per thread it uses;
+        // the others wait their turn (and their audio queues, then their sockets, fill up).
+        let threads = u32::try_from(threads.clamp(1, cores())).unwrap_or(1);
+        let Ok(permit) = Arc::clone(compute()).acquire_many_owned(threads).await else {
             return;
         };
         let step = tokio::task::spawn_blocking(move || {
