@@ -120,6 +120,8 @@ pub struct StreamingDiarizer {
     /// The open turns as last reported, so that unchanged ones are not repeated.
     reported: Vec<Run>,
     finished: bool,
+    /// Threads a step uses (the models' setting unless [`set_threads`](Self::set_threads)).
+    threads: usize,
 }
 
 impl StreamingDiarizer {
@@ -127,6 +129,7 @@ impl StreamingDiarizer {
     /// of range are clamped into it.
     pub fn new(models: Arc<DiarizationModels>, config: DiarizationConfig) -> Self {
         let config = config.clamped();
+        let threads = models.threads;
         let step = ((config.step_s * SAMPLE_RATE as f64).round() as usize).max(1);
         let latency = ((config.latency_s * SAMPLE_RATE as f64).round() as usize).max(step);
         Self {
@@ -143,8 +146,15 @@ impl StreamingDiarizer {
             turns: Turns::default(),
             reported: Vec::new(),
             finished: false,
+            threads,
             config,
         }
+    }
+
+    /// Lets the next steps use `threads` threads (at least 1): a server running many
+    /// sessions gives each one thread, which costs less CPU per step than two.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
     }
 
     /// The session's settings.
@@ -223,7 +233,7 @@ impl StreamingDiarizer {
             })
             .collect();
         let models = Arc::clone(&self.models);
-        let log_probs = models.segmentation.segment(&window)?;
+        let log_probs = models.segmentation.segment_with(&window, self.threads)?;
         let activity: Vec<[f32; LOCAL_SPEAKERS]> =
             segmentation::speaker_activity(&log_probs, Decoding::Hard)?
                 .to_vec2::<f32>()?
@@ -245,7 +255,7 @@ impl StreamingDiarizer {
                 &features,
                 &activity,
                 &active,
-                models.threads,
+                self.threads,
             )?;
             let (locals, ids): (Vec<LocalSpeaker>, Vec<usize>) = active
                 .iter()

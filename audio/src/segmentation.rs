@@ -144,13 +144,22 @@ impl Segmentation {
 
     /// Powerset log-probabilities `(frames, 7)` for one mono 16 kHz window.
     pub fn segment(&self, samples: &[f32]) -> Result<Tensor, ModelError> {
+        self.segment_with(samples, self.threads)
+    }
+
+    /// [`segment`](Self::segment) on `threads` threads rather than the model's own setting.
+    pub fn segment_with(&self, samples: &[f32], threads: usize) -> Result<Tensor, ModelError> {
         let input = Tensor::from_slice(samples, (1, samples.len()), &Device::Cpu)?;
-        Ok(self.forward(&input)?.squeeze(0)?)
+        Ok(self.forward_with(&input, threads.max(1))?.squeeze(0)?)
     }
 
     /// Powerset log-probabilities `(batch, frames, 7)` for a batch of equally long windows
     /// `(batch, samples)`.
     pub fn forward(&self, waveforms: &Tensor) -> Result<Tensor, ModelError> {
+        self.forward_with(waveforms, self.threads)
+    }
+
+    fn forward_with(&self, waveforms: &Tensor, threads: usize) -> Result<Tensor, ModelError> {
         let samples = waveforms.dim(1)?;
         if num_frames(samples) == 0 {
             return Err(ModelError::Input(format!(
@@ -159,10 +168,10 @@ impl Segmentation {
             )));
         }
         let waveforms: Vec<f32> = waveforms.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let features = self.sincnet.forward(&waveforms, samples, self.threads)?;
+        let features = self.sincnet.forward(&waveforms, samples, threads)?;
         let mut x = features.transpose(1, 2)?.contiguous()?;
         for layer in &self.lstm {
-            x = layer.forward(&x, self.threads)?;
+            x = layer.forward(&x, threads)?;
         }
         for linear in &self.linear {
             x = candle_nn::ops::leaky_relu(&linear.forward(&x)?, LEAKY_SLOPE)?;

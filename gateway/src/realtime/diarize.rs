@@ -7,7 +7,8 @@
 //! end); the final one closes them. Named tracks need none of this: their speaker is the
 //! track. The audio queue is bounded (backpressure on the socket reader), steps of all
 //! sessions share one permit per core (a step takes one per thread it uses, so sessions
-//! never oversubscribe the cores), and the state is freed when the session ends or switches
+//! never oversubscribe the cores; a lone session's step uses two threads, one each when
+//! several run), and the state is freed when the session ends or switches
 //! diarisation off.
 
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
@@ -28,6 +29,25 @@ const MAX_TURNS: usize = 4096;
 /// Longest a transcript waits for the diariser to catch up with its end.
 const LABEL_WAIT: Duration = Duration::from_secs(5);
 const RATE: f64 = 16_000.0;
+
+/// Sessions diarising now, across the server.
+static ACTIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts a session as diarising while it lives.
+struct Active;
+
+impl Active {
+    fn enter() -> Self {
+        ACTIVE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -193,6 +213,7 @@ async fn run(
     latency: f64,
     events: mpsc::Sender<Message>,
 ) {
+    let _active = Active::enter();
     let mut diarizer = Some(diarizer);
     let mut pushed = 0usize;
     let mut open = true;
@@ -211,10 +232,20 @@ async fn run(
         pushed += chunk.len();
         // One permit per core across all sessions, a step taking one per thread it uses;
         // the others wait their turn (and their audio queues, then their sockets, fill up).
-        let threads = u32::try_from(threads.clamp(1, cores())).unwrap_or(1);
-        let Ok(permit) = Arc::clone(compute()).acquire_many_owned(threads).await else {
+        // A lone session's step uses the models' threads (lower latency); with others
+        // running, one (less CPU per step, so more sessions keep up).
+        let wanted = if ACTIVE.load(std::sync::atomic::Ordering::Relaxed) > 1 {
+            1
+        } else {
+            threads.clamp(1, cores())
+        };
+        let Ok(permit) = Arc::clone(compute())
+            .acquire_many_owned(u32::try_from(wanted).unwrap_or(1))
+            .await
+        else {
             return;
         };
+        d.set_threads(wanted);
         let step = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let result = if open { d.push(&chunk) } else { d.finish() };
