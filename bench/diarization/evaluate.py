@@ -7,7 +7,7 @@ The clip is the real two-speaker recording shipped in the pyannote.audio wheel
 
 1. fetches the wheel with pip (`pip download pyannote.audio==4.0.7 --no-deps`) unless
    `--sample-dir` already holds `sample.wav`, `sample.rttm` and `sample.stm`;
-2. starts `aigw serve` (default `target/debug/aigw`; build it first) on a free port with only
+2. starts `aigw serve` (default `target/release/aigw`: `cargo build --release -p aigw-gateway --bin aigw` first) on a free port with only
    the diarisation model (`pyannote-segmentation-3.0` + `campplus-sv`) and `whisper-tiny.en` (installed by
    `aigw models fetch --default`), or uses `--url` of a running server;
 3. posts the clip to `POST /v1/audio/diarizations` (`response_format=rttm`) at each latency
@@ -30,7 +30,7 @@ The clip is the real two-speaker recording shipped in the pyannote.audio wheel
 Run it with a Python that has `pyannote.metrics` (e.g. `python3 -m venv .venv-diarization &&
 .venv-diarization/bin/pip install pyannote.metrics`):
 
-    cargo build -p aigw-gateway --bin aigw
+    cargo build --release -p aigw-gateway --bin aigw
     .venv-diarization/bin/python bench/diarization/evaluate.py
 """
 
@@ -59,6 +59,14 @@ from pyannote.core import Annotation, Segment
 from pyannote.metrics.diarization import DiarizationErrorRate
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def shown(path: Path) -> str:
+    """`path` relative to the repository when it is inside it."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
 WHEEL = "pyannote.audio==4.0.7"
 LATENCIES = (0.5, 5.0)
 STEP = 0.5
@@ -310,7 +318,8 @@ def evaluate_synthetic(url: str) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--aigw", type=Path, default=ROOT / "target/debug/aigw")
+    ap.add_argument("--aigw", type=Path, default=ROOT / "target/release/aigw",
+                    help="the aigw binary to serve with (default: the release build, as scripts/run serves)")
     ap.add_argument("--url", help="a running aigw serving a diarisation model (skips starting one)")
     ap.add_argument("--sample-dir", type=Path, default=ROOT / "bench/results/tmp/pyannote-sample")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results")
@@ -318,6 +327,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="another diarisation setting for every request (e.g. delta_new=0.8)")
     args = ap.parse_args()
+    args.aigw = args.aigw.resolve()
     EXTRA.update(kv.split("=", 1) for kv in args.set)
 
     global LOAD_START
@@ -373,7 +383,7 @@ def main() -> None:
         "metric": "pyannote.metrics DiarizationErrorRate, optimal mapping",
         "convention": "collar 0 s, overlapping speech scored (skip_overlap=False); der_collar_0.25 is the same with a 0.25 s collar",
         "settings": "step 0.5 s, " + (", ".join(f"{k} {v}" for k, v in EXTRA.items()) + ", other settings at their defaults" if EXTRA else "tau_active 0.6, rho_update 0.3, delta_new 1.0, max_speakers 20 (defaults)"),
-        "server": "aigw serve (" + (str(args.aigw.relative_to(ROOT)) if args.url is None else args.url) + "), CANDLE_NUM_THREADS=" + os.environ.get("CANDLE_NUM_THREADS", "unset"),
+        "server": "aigw serve (" + (str(shown(args.aigw)) if args.url is None else args.url) + "), CANDLE_NUM_THREADS=" + os.environ.get("CANDLE_NUM_THREADS", "unset"),
         "machine": f"{platform.system()} {cpu}, {os.cpu_count()} cores (load average {LOAD_START:.2f} at the start, {os.getloadavg()[0]:.2f} at the end)",
         "results": rows,
         "transcription": transcription,
@@ -436,7 +446,7 @@ def main() -> None:
         f"(latency 0.5 s) and {rows[-1]['ms_per_step']:.0f} ms (latency 5 s), "
         + ("met." if max(r["ms_per_step"] for r in rows) <= 50 else "**not met**")
         + f" (load average {LOAD_START:.2f} when the run began).",
-        "Reproduce: `cargo build -p aigw-gateway --bin aigw && .venv-diarization/bin/python bench/diarization/evaluate.py`.",
+        "Reproduce: `cargo build --release -p aigw-gateway --bin aigw && .venv-diarization/bin/python bench/diarization/evaluate.py`.",
         "",
     ]
     path = args.out / f"{today}-diarization.md"

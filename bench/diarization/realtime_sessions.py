@@ -33,6 +33,14 @@ import websockets
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def shown(path: Path) -> str:
+    """`path` relative to the repository when it is inside it."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:
@@ -128,11 +136,13 @@ async def run(url: str, pcm: bytes, duration: float, n: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--aigw", type=Path, default=ROOT / "target/debug/aigw")
+    ap.add_argument("--aigw", type=Path, default=ROOT / "target/release/aigw",
+                    help="the aigw binary to serve with (default: the release build, as scripts/run serves)")
     ap.add_argument("--sample", type=Path, default=ROOT / "bench/results/tmp/pyannote-sample/sample.wav")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results")
     ap.add_argument("--sessions", default="1,2,4")
     args = ap.parse_args()
+    args.aigw = args.aigw.resolve()
     with wave.open(str(args.sample)) as w:
         assert w.getframerate() == 16000 and w.getnchannels() == 1 and w.getsampwidth() == 2
         pcm = w.readframes(w.getnframes())
@@ -171,7 +181,7 @@ def main() -> None:
         "date": today,
         "audio": f"pyannote sample.wav ({duration:.1f} s), 16 kHz mono PCM16 binary frames of 20 ms at real-time pace",
         "session": f"whisper-tiny.en with server VAD; aigw_diarization step {STEP} s, latency {LATENCY} s",
-        "server": f"aigw serve ({args.aigw.relative_to(ROOT)}), CANDLE_NUM_THREADS={os.environ.get('CANDLE_NUM_THREADS', 'unset')}",
+        "server": f"aigw serve ({shown(args.aigw)}), CANDLE_NUM_THREADS={os.environ.get('CANDLE_NUM_THREADS', 'unset')}",
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
         "lag": "audio seconds sent when an event arrived minus the furthest speaker-turn end (or the segment's end)",
         "keeps_up": f"every session's turn lag p95 <= {LATENCY + STEP + 1.0} s, its last turn within 2 s of the audio end and covering up to the last 3 s",
