@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn announced_address_is_read() {
         let mut cmd = Command::new("sh");
-        cmd.args(["-c", "echo 'listening on 127.0.0.1:4321'; sleep 30"])
+        cmd.args(["-c", "echo 'listening on 127.0.0.1:4321'; exec sleep 30"])
             .stdout(Stdio::piped());
         let mut guard = ChildGuard::spawn("sh", &mut cmd, None).unwrap();
         let addr = guard.wait_announced(Duration::from_secs(5)).unwrap();
