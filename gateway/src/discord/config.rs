@@ -118,6 +118,17 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// `url` without a trailing slash, if it is an http(s) URL that can be a base; else the
+/// error for config key `key`.
+fn http_url(key: &str, url: &str) -> Result<String, ConfigError> {
+    let url = url.trim_end_matches('/').to_string();
+    let parsed = reqwest::Url::parse(&url).map_err(|e| invalid(key, format!("not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
+        return Err(invalid(key, "must be an http:// or https:// URL"));
+    }
+    Ok(url)
+}
+
 /// Whether `id` looks like a Discord snowflake (a decimal id).
 pub fn is_snowflake(id: &str) -> bool {
     !id.is_empty() && id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit())
@@ -163,19 +174,12 @@ impl RawDiscord {
                 ),
             ));
         }
-        let api_base_url = self
-            .api_base_url
-            .unwrap_or_else(|| DEFAULT_API_BASE_URL.into())
-            .trim_end_matches('/')
-            .to_string();
-        let parsed = reqwest::Url::parse(&api_base_url)
-            .map_err(|e| invalid("api_base_url", format!("not a URL: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
-            return Err(invalid(
-                "api_base_url",
-                "must be an http:// or https:// URL",
-            ));
-        }
+        let api_base_url = http_url(
+            "api_base_url",
+            &self
+                .api_base_url
+                .unwrap_or_else(|| DEFAULT_API_BASE_URL.into()),
+        )?;
         if !aliases.contains(&self.model) {
             return Err(invalid(
                 "model",
@@ -237,15 +241,7 @@ impl RawDiscord {
 
 impl RawVoice {
     fn validate(self, env: &mut EnvLookup<'_>) -> Result<VoiceConfig, ConfigError> {
-        let bridge_url = self.bridge_url.trim_end_matches('/').to_string();
-        let parsed = reqwest::Url::parse(&bridge_url)
-            .map_err(|e| invalid("voice.bridge_url", format!("not a URL: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.cannot_be_a_base() {
-            return Err(invalid(
-                "voice.bridge_url",
-                "must be an http:// or https:// URL",
-            ));
-        }
+        let bridge_url = http_url("voice.bridge_url", &self.bridge_url)?;
         let bridge_token_env = self
             .bridge_token_env
             .unwrap_or_else(|| "AIGW_VOICE_BRIDGE_TOKEN".into());
