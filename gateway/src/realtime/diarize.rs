@@ -49,8 +49,10 @@ impl Drop for Active {
     }
 }
 
+/// The machine's cores, read once (the lookup reads cgroup files).
 fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// The permits for diarisation steps running at once, shared by every session: one per core.
