@@ -22,6 +22,22 @@ impl RedisTranscripts {
         Self { state }
     }
 
+    /// Adds to `pipe`: `session`'s marker set and its lines kept, both for `ttl` from now.
+    fn keep_alive(&self, pipe: &mut redis::Pipeline, session: &str, ttl: Duration) {
+        let (list, live) = self.keys(session);
+        let ms = millis(ttl);
+        pipe.cmd("SET")
+            .arg(&live)
+            .arg(1)
+            .arg("PX")
+            .arg(ms)
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&list)
+            .arg(ms)
+            .ignore();
+    }
+
     /// The list of `session`'s lines and its marker.
     fn keys(&self, session: &str) -> (String, String) {
         (
@@ -38,21 +54,8 @@ fn millis(ttl: Duration) -> u64 {
 #[async_trait]
 impl TranscriptLog for RedisTranscripts {
     async fn begin(&self, session: &str, ttl: Duration) -> Result<(), StateError> {
-        let (list, live) = self.keys(session);
-        let ms = millis(ttl);
-        let pipe = redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(&live)
-            .arg(1)
-            .arg("PX")
-            .arg(ms)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&list)
-            .arg(ms)
-            .ignore()
-            .to_owned();
+        let mut pipe = redis::pipe();
+        self.keep_alive(pipe.atomic(), session, ttl);
         self.state
             .run(async |conn| pipe.query_async::<()>(conn).await)
             .await
@@ -65,13 +68,12 @@ impl TranscriptLog for RedisTranscripts {
         cap: usize,
         ttl: Duration,
     ) -> Result<(), StateError> {
-        let (list, live) = self.keys(session);
+        let (list, _) = self.keys(session);
         let json = serde_json::to_string(entry)
             .map_err(|e| StateError::Corrupt(format!("transcript line: {e}")))?;
-        let ms = millis(ttl);
         let keep = i64::try_from(cap.max(1)).unwrap_or(i64::MAX);
-        let pipe = redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .cmd("RPUSH")
             .arg(&list)
             .arg(json)
@@ -80,18 +82,8 @@ impl TranscriptLog for RedisTranscripts {
             .arg(&list)
             .arg(-keep)
             .arg(-1)
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&list)
-            .arg(ms)
-            .ignore()
-            .cmd("SET")
-            .arg(&live)
-            .arg(1)
-            .arg("PX")
-            .arg(ms)
-            .ignore()
-            .to_owned();
+            .ignore();
+        self.keep_alive(&mut pipe, session, ttl);
         self.state
             .run(async |conn| pipe.query_async::<()>(conn).await)
             .await
