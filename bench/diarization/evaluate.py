@@ -41,7 +41,6 @@ import datetime as dt
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,15 +57,8 @@ import numpy as np
 from pyannote.core import Annotation, Segment
 from pyannote.metrics.diarization import DiarizationErrorRate
 
-ROOT = Path(__file__).resolve().parents[2]
+from common import ROOT, free_port, shown
 
-
-def shown(path: Path) -> str:
-    """`path` relative to the repository when it is inside it."""
-    try:
-        return str(path.relative_to(ROOT))
-    except ValueError:
-        return str(path)
 WHEEL = "pyannote.audio==4.0.7"
 LATENCIES = (0.5, 5.0)
 STEP = 0.5
@@ -173,12 +165,6 @@ def conversation(n_speakers: int, seed: int, tmp: Path) -> tuple[bytes, Annotati
         w.setframerate(rate)
         w.writeframes(pcm)
     return out.read_bytes(), ref
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(aigw: Path) -> tuple[subprocess.Popen, str, Path]:

@@ -30,23 +30,7 @@ from pathlib import Path
 
 import websockets
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def shown(path: Path) -> str:
-    """`path` relative to the repository when it is inside it."""
-    try:
-        return str(path.relative_to(ROOT))
-    except ValueError:
-        return str(path)
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from common import ROOT, free_port, shown
 
 CONFIG = """
 [server]
