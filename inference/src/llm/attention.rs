@@ -102,57 +102,132 @@ pub fn host_step(seqs: &mut [HostSeq<'_>], q: &[f32], k: &[f32], v: &[f32], d: D
     out
 }
 
-/// Causal attention of `len` new queries (at positions `past..past+len`) over the cache.
+/// Causal attention of `len` new queries (at positions `past..past+len`) over the cache, in
+/// the widest vector instructions this CPU has (the loops are written to vectorise).
+#[allow(
+    unsafe_code,
+    reason = "instruction-set variants, entered only after runtime feature detection"
+)]
 fn attend(q: &[f32], kc: &[f32], vc: &[f32], past: usize, len: usize, d: Dims, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { attend_avx512(q, kc, vc, past, len, d, out) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { attend_avx2(q, kc, vc, past, len, d, out) };
+        }
+    }
+    attend_loops(q, kc, vc, past, len, d, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn attend_avx512(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    past: usize,
+    len: usize,
+    d: Dims,
+    out: &mut [f32],
+) {
+    attend_loops(q, kc, vc, past, len, d, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn attend_avx2(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    past: usize,
+    len: usize,
+    d: Dims,
+    out: &mut [f32],
+) {
+    attend_loops(q, kc, vc, past, len, d, out);
+}
+
+/// The attention loops, inlined into each instruction-set variant above. The query heads that
+/// share a KV head go together, so each cached key and value row is read once for all of them.
+#[inline(always)]
+fn attend_loops(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    past: usize,
+    len: usize,
+    d: Dims,
+    out: &mut [f32],
+) {
     let hd = d.head_dim;
     let n_rep = d.heads / d.kv_heads;
     let kv_row = d.kv_heads * hd;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut scores = vec![0f32; past + len];
+    let span = past + len;
+    // Scores of the `n_rep` heads of one KV head: `scores[r * span + p]`.
+    let mut scores = vec![0f32; n_rep * span];
     for t in 0..len {
         let visible = past + t + 1;
-        for h in 0..d.heads {
-            let kvh = h / n_rep;
-            let qv = &q[(t * d.heads + h) * hd..][..hd];
-            let mut max = f32::NEG_INFINITY;
-            for (p, s) in scores[..visible].iter_mut().enumerate() {
-                let kv = &kc[p * kv_row + kvh * hd..][..hd];
-                *s = dot(qv, kv) * scale;
-                max = max.max(*s);
+        for kvh in 0..d.kv_heads {
+            let first = t * d.heads + kvh * n_rep;
+            let queries = &q[first * hd..(first + n_rep) * hd];
+            for p in 0..visible {
+                let key = &kc[p * kv_row + kvh * hd..][..hd];
+                for (r, qv) in queries.chunks_exact(hd).enumerate() {
+                    scores[r * span + p] = dot(qv, key) * scale;
+                }
             }
-            let mut sum = 0.0;
-            for s in &mut scores[..visible] {
-                *s = (*s - max).exp();
-                sum += *s;
+            for s in scores.chunks_exact_mut(span) {
+                let s = &mut s[..visible];
+                let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let mut sum = 0.0;
+                for v in s.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                let inv = 1.0 / sum;
+                for v in s.iter_mut() {
+                    *v *= inv;
+                }
             }
-            let o = &mut out[(t * d.heads + h) * hd..][..hd];
+            let o = &mut out[first * hd..(first + n_rep) * hd];
             o.fill(0.0);
-            for (p, s) in scores[..visible].iter().enumerate() {
-                let w = s / sum;
-                let vv = &vc[p * kv_row + kvh * hd..][..hd];
-                for (oi, vi) in o.iter_mut().zip(vv) {
-                    *oi += w * vi;
+            for p in 0..visible {
+                let value = &vc[p * kv_row + kvh * hd..][..hd];
+                for (r, or) in o.chunks_exact_mut(hd).enumerate() {
+                    let w = scores[r * span + p];
+                    for (oi, vi) in or.iter_mut().zip(value) {
+                        *oi += w * vi;
+                    }
                 }
             }
         }
     }
 }
 
-/// Dot product with eight independent accumulators, so the compiler can vectorise it.
+/// Dot product with sixteen independent accumulators, so the compiler can vectorise it.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
-        let (x, y) = (&a[c * 8..c * 8 + 8], &b[c * 8..c * 8 + 8]);
-        for i in 0..8 {
+    const W: usize = 16;
+    let mut acc = [0f32; W];
+    let (ac, bc) = (a.chunks_exact(W), b.chunks_exact(W));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..W {
             acc[i] += x[i] * y[i];
         }
     }
-    let mut sum: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        sum += a[i] * b[i];
-    }
-    sum
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Device attention of one sequence: `q` `[heads, len, hd]`, `k`/`v` `[kv_heads, len, hd]`;

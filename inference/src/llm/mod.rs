@@ -7,6 +7,7 @@ pub mod engine;
 pub mod kvpool;
 pub mod load;
 pub mod model;
+pub mod packed;
 pub mod q4;
 pub mod random;
 pub mod sampling;

@@ -9,6 +9,7 @@ use candle_core::{D, DType, Device, IndexOp, Module, Tensor};
 
 use super::attention::{self, Dims, HostSeq, LayerKv};
 use super::kvpool::{KvPool, PoolStep, Slot, StepShape};
+use super::packed::PackedMatrix;
 use super::q4::Q4Matrix;
 
 use super::LlmError;
@@ -30,6 +31,8 @@ enum Weight {
     Q4(std::sync::Arc<Q4Matrix>),
     /// Q8_0 on the CPU as two four-bit matrices whose products add up.
     Q8Split(std::sync::Arc<(Q4Matrix, Q4Matrix)>),
+    /// Q4_1 or Q8_0 repacked for the AVX-512 VNNI kernels of [`super::packed`].
+    Packed(std::sync::Arc<PackedMatrix>),
 }
 
 impl Linear {
@@ -57,10 +60,23 @@ impl Linear {
         }
     }
 
+    /// A Q4_1 or Q8_0 projection run by the AVX-512 VNNI kernels.
+    pub fn packed(weight: PackedMatrix, bias: Option<Tensor>) -> Self {
+        Self {
+            weight: Weight::Packed(std::sync::Arc::new(weight)),
+            bias,
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let y = match &self.weight {
             Weight::Candle(w) => w.forward(x)?,
             Weight::Q4(w) => {
+                let (tokens, _) = x.dims2()?;
+                let host = x.flatten_all()?.to_vec1::<f32>()?;
+                Tensor::from_vec(w.matmul(&host, tokens), (tokens, w.rows()), x.device())?
+            }
+            Weight::Packed(w) => {
                 let (tokens, _) = x.dims2()?;
                 let host = x.flatten_all()?.to_vec1::<f32>()?;
                 Tensor::from_vec(w.matmul(&host, tokens), (tokens, w.rows()), x.device())?

@@ -269,7 +269,7 @@ fn dot_scalar(scales: &[[f32; 2]], nibbles: &[[u8; 16]], x: &Q8Row) -> f32 {
 }
 
 /// IEEE half to single precision.
-fn f16_to_f32(h: u16) -> f32 {
+pub(super) fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h >> 15) << 31;
     let exp = u32::from((h >> 10) & 0x1F);
     let man = u32::from(h & 0x3FF);
