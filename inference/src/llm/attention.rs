@@ -96,7 +96,15 @@ pub fn host_step(seqs: &mut [HostSeq<'_>], q: &[f32], k: &[f32], v: &[f32], d: D
         if let LayerKv::Host { k: kc, v: vc } = &mut *s.kv {
             append_keys(kc, s.past, k, d);
             vc.extend_from_slice(v);
-            attend(q, kc, vc, s.past, s.len, d, out);
+            let job = Job {
+                q,
+                keys: kc,
+                values: vc,
+                past: s.past,
+                len: s.len,
+                d,
+            };
+            attend(&job, out);
         }
     };
     if work.len() > 1 {
@@ -107,54 +115,53 @@ pub fn host_step(seqs: &mut [HostSeq<'_>], q: &[f32], k: &[f32], v: &[f32], d: D
     out
 }
 
+/// One sequence's attention in one layer.
+struct Job<'a> {
+    /// Queries of the new tokens, `[len][heads][head_dim]`.
+    q: &'a [f32],
+    /// The blocked key cache, new tokens included.
+    keys: &'a [f32],
+    /// The value cache, new tokens included.
+    values: &'a [f32],
+    /// Tokens cached before this step.
+    past: usize,
+    /// New tokens.
+    len: usize,
+    d: Dims,
+}
+
 /// Causal attention of `len` new queries (at positions `past..past+len`) over the cache, in
 /// the widest vector instructions this CPU has (the loops are written to vectorise).
 #[allow(
     unsafe_code,
     reason = "instruction-set variants, entered only after runtime feature detection"
 )]
-fn attend(q: &[f32], kc: &[f32], vc: &[f32], past: usize, len: usize, d: Dims, out: &mut [f32]) {
+fn attend(job: &Job<'_>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F.
-            return unsafe { attend_avx512(q, kc, vc, past, len, d, out) };
+            return unsafe { attend_avx512(job, out) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { attend_avx2(q, kc, vc, past, len, d, out) };
+            return unsafe { attend_avx2(job, out) };
         }
     }
-    attend_loops(q, kc, vc, past, len, d, out);
+    attend_loops(job, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn attend_avx512(
-    q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    past: usize,
-    len: usize,
-    d: Dims,
-    out: &mut [f32],
-) {
-    attend_loops(q, kc, vc, past, len, d, out);
+fn attend_avx512(job: &Job<'_>, out: &mut [f32]) {
+    attend_loops(job, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn attend_avx2(
-    q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    past: usize,
-    len: usize,
-    d: Dims,
-    out: &mut [f32],
-) {
-    attend_loops(q, kc, vc, past, len, d, out);
+fn attend_avx2(job: &Job<'_>, out: &mut [f32]) {
+    attend_loops(job, out);
 }
 
 /// Appends the keys of new positions `past..` (`[token][kv_head][head_dim]`) to a blocked
@@ -180,15 +187,15 @@ fn append_keys(cache: &mut Vec<f32>, past: usize, keys: &[f32], d: Dims) {
 /// share a KV head go together, so each cached key block and value row is read once for all
 /// of them.
 #[inline(always)]
-fn attend_loops(
-    q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    past: usize,
-    len: usize,
-    d: Dims,
-    out: &mut [f32],
-) {
+fn attend_loops(job: &Job<'_>, out: &mut [f32]) {
+    let &Job {
+        q,
+        keys: kc,
+        values: vc,
+        past,
+        len,
+        d,
+    } = job;
     let hd = d.head_dim;
     let n_rep = d.heads / d.kv_heads;
     let kv_row = d.kv_heads * hd;
