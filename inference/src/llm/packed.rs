@@ -10,7 +10,7 @@
 //! row `r`. A block of one token is then eight `vpdpbusd`s with the token's activations
 //! broadcast four bytes at a time, leaving sixteen rows' integer sums in one register: no
 //! horizontal sums, and the scale work (a convert and two FMAs) is shared by sixteen rows.
-//! Each group's lines are read once per tile of eight tokens.
+//! Each group's lines are read once per tile of sixteen tokens, and prefetched ahead of use.
 //!
 //! Four-bit weights (Q4_1) keep two values per byte (the low nibble of byte `4r + k` in line
 //! `p` is value `8p + k` of row `r`, the high nibble value `8p + 4 + k`); eight-bit weights
@@ -24,8 +24,9 @@ use rayon::prelude::*;
 const QK: usize = 32;
 /// Rows whose values share one register.
 const GROUP: usize = 16;
-/// Tokens multiplied per pass over a group's weights.
-const TILE: usize = 8;
+/// Tokens multiplied per pass over a group's weights: sixteen keep a batched decode step to
+/// one pass over memory.
+const TILE: usize = 16;
 
 /// One 64-byte, 64-byte-aligned line of packed weights.
 #[repr(C, align(64))]
@@ -179,7 +180,7 @@ impl PackedMatrix {
                 .with_min_len(2)
                 .enumerate()
                 .for_each(|(g, out)| {
-                    let w = &self.lines[g * blocks * per..(g + 1) * blocks * per];
+                    let w = &self.lines[g * blocks * per..];
                     for (tile, o) in out.chunks_mut(TILE * GROUP).enumerate() {
                         let t0 = tile * TILE;
                         let nt = o.len() / GROUP;
@@ -255,7 +256,8 @@ fn quantize_block(x: &[f32; QK]) -> ([f32; 2], [i8; QK]) {
     ([d, d * sum as f32], q)
 }
 
-/// One group's outputs for up to [`TILE`] tokens: `out[t·16 + r]`.
+/// One group's outputs for up to [`TILE`] tokens: `out[t·16 + r]`. `w` starts at the group's
+/// lines and runs on to the matrix's end.
 fn kernel(
     bits: usize,
     w: &[Line],
@@ -275,7 +277,7 @@ fn kernel(
                 }
             };
         }
-        tile!(1 2 3 4 5 6 7 8);
+        tile!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -294,7 +296,14 @@ mod avx512 {
 
     use super::{GROUP, Line, QK};
 
-    /// One group's dot products with `NT` tokens, for `BITS`-bit weights.
+    /// How far ahead of the block being multiplied its lines are prefetched, in lines. The
+    /// hardware prefetcher alone leaves a batched step waiting on memory: with a tile of
+    /// sixteen tokens, prefetching cut a model's worth of matmuls from 6.5–8 ms to 4.3 ms
+    /// on the 2-core EPYC (and a single token's from 1.9 to 1.5 ms).
+    const PREFETCH: usize = 40;
+
+    /// One group's dot products with `NT` tokens, for `BITS`-bit weights. `w` starts at the
+    /// group's lines and may run on to the matrix's end (only prefetched).
     pub(super) fn group<const NT: usize, const BITS: usize>(
         w: &[Line],
         values: &[[i8; QK]],
@@ -322,6 +331,11 @@ mod avx512 {
         let per = 1 + BITS;
         for b in 0..blocks {
             let lines = &w[b * per..(b + 1) * per];
+            // The lines 2.5 KiB ahead (past the group's end: the next group's) are asked for
+            // now, so that memory streams while this block multiplies.
+            for ahead in w.iter().skip(b * per + PREFETCH).take(per) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.0.as_ptr().cast());
+            }
             let sm = lines[0].0.as_ptr();
             // SAFETY (all loads): `Line`s are 64 bytes, 64-byte aligned.
             let (d, m) = unsafe {
@@ -516,12 +530,12 @@ mod tests {
             eprintln!("no AVX-512 VNNI here: the packed kernels are not used on this CPU");
             return;
         }
-        // 37 rows: two whole groups and a padded one; 20 tokens: two full tiles and a tail.
+        // 37 rows: two whole groups and a padded one; 33 tokens: two full tiles and a tail.
         let (rows, cols) = (37, 96);
         let bytes = q4_1_bytes(rows, cols);
         let m = PackedMatrix::from_q4_1(&bytes, rows, cols).unwrap();
         let dense = dense_q4_1(&bytes, rows, cols);
-        for tokens in [1, 2, 3, 4, 5, 7, 8, 9, 20] {
+        for tokens in [1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 33] {
             let x = activations(tokens, cols);
             let y = m.matmul(&x, tokens);
             assert_close(&y, &reference(&dense, rows, cols, &x, tokens), "q4");
