@@ -394,6 +394,8 @@ fn common_chars(a: &str, b: &str) -> usize {
 
 /// Runs the scenario and writes `DATE-NAME.{json,md}`.
 pub fn run(cfg: &BatchConfig) -> anyhow::Result<BatchResults> {
+    // The same allocator policy as the served engine's.
+    aigw_inference::llm::heap::keep_freed_memory();
     let device = parse_device(&cfg.device)?;
     let dtype = parse_dtype(&cfg.dtype)?;
     if device.is_cpu() && dtype != DType::F32 && cfg.model_gguf.is_none() {

@@ -150,6 +150,7 @@ pub struct LlmEngine {
 impl LlmEngine {
     /// Starts the engine thread with a loaded model.
     pub fn start(loaded: LoadedModel, config: EngineConfig) -> std::io::Result<Self> {
+        super::heap::keep_freed_memory();
         let (tx, rx) = std::sync::mpsc::sync_channel(config.max_queue);
         let codec = Arc::new(loaded.codec);
         let stats = Arc::new(EngineStats::default());

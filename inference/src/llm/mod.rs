@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod config;
 pub mod engine;
+pub mod heap;
 pub mod kvpool;
 pub mod load;
 pub mod model;
