@@ -221,11 +221,10 @@ fn attend_loops(job: &Job<'_>, out: &mut [f32]) {
             for s in scores.chunks_exact_mut(span) {
                 let s = &mut s[..visible];
                 let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let mut sum = 0.0;
                 for v in s.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v;
+                    *v = super::vmath::exp(*v - max);
                 }
+                let sum: f32 = s.iter().sum();
                 let inv = 1.0 / sum;
                 for v in s.iter_mut() {
                     *v *= inv;

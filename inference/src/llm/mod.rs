@@ -13,6 +13,7 @@ pub mod q4;
 pub mod random;
 pub mod sampling;
 pub mod text;
+pub mod vmath;
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ use super::attention::{self, Dims, HostSeq, LayerKv};
 use super::kvpool::{KvPool, PoolStep, Slot, StepShape};
 use super::packed::PackedMatrix;
 use super::q4::Q4Matrix;
+use super::vmath;
 
 use super::LlmError;
 use super::config::LlamaConfig;
@@ -65,6 +66,14 @@ impl Linear {
         Self {
             weight: Weight::Packed(std::sync::Arc::new(weight)),
             bias,
+        }
+    }
+
+    /// The packed matrix, when this projection is one and has no bias.
+    fn packed_weight(&self) -> Option<&PackedMatrix> {
+        match (&self.weight, &self.bias) {
+            (Weight::Packed(w), None) => Some(w),
+            _ => None,
         }
     }
 
@@ -400,9 +409,20 @@ impl LlamaModel {
             x = (x + block.wo.forward(&attn)?)?;
 
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
-            let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
-            let up = block.w_up.forward(&h)?;
-            x = (x + block.w_down.forward(&(gate * up)?)?)?;
+            let gated = match (block.w_gate.packed_weight(), block.w_up.packed_weight()) {
+                // Both projections on the host: the gate in place, without tensor round trips.
+                (Some(g), Some(u)) => {
+                    let host = h.flatten_all()?.to_vec1::<f32>()?;
+                    let mut gate = g.matmul(&host, total);
+                    vmath::swiglu(&mut gate, &u.matmul(&host, total));
+                    Tensor::from_vec(gate, (total, g.rows()), &self.device)?
+                }
+                _ => {
+                    let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
+                    (gate * block.w_up.forward(&h)?)?
+                }
+            };
+            x = (x + block.w_down.forward(&gated)?)?;
         }
         for seq in batch.iter_mut() {
             seq.cache.len += seq.tokens.len();
