@@ -28,27 +28,26 @@ fn model_path() -> PathBuf {
 /// One engine shared by the tests of this binary (loading takes a second).
 fn engine() -> Option<Arc<LlmEngine>> {
     static ENGINE: OnceLock<Option<Arc<LlmEngine>>> = OnceLock::new();
-    ENGINE
-        .get_or_init(|| {
-            let path = model_path();
-            if !path.exists() {
-                assert!(
-                    std::env::var("AIGW_REQUIRE_MODELS").is_err(),
-                    "AIGW_REQUIRE_MODELS is set but {} is missing",
-                    path.display()
-                );
-                eprintln!(
-                    "skipping: {} missing (run `aigw models fetch --default`)",
-                    path.display()
-                );
-                return None;
-            }
-            let loaded = load_gguf(&path, &candle_core::Device::Cpu).unwrap();
-            Some(Arc::new(
-                LlmEngine::start(loaded, EngineConfig::default()).unwrap(),
-            ))
-        })
-        .clone()
+    ENGINE.get_or_init(|| own_engine().map(Arc::new)).clone()
+}
+
+/// An engine of the caller's own, for tests that watch the engine's counters.
+fn own_engine() -> Option<LlmEngine> {
+    let path = model_path();
+    if !path.exists() {
+        assert!(
+            std::env::var("AIGW_REQUIRE_MODELS").is_err(),
+            "AIGW_REQUIRE_MODELS is set but {} is missing",
+            path.display()
+        );
+        eprintln!(
+            "skipping: {} missing (run `aigw models fetch --default`)",
+            path.display()
+        );
+        return None;
+    }
+    let loaded = load_gguf(&path, &candle_core::Device::Cpu).unwrap();
+    Some(LlmEngine::start(loaded, EngineConfig::default()).unwrap())
 }
 
 fn prompt(engine: &LlmEngine, question: &str) -> Vec<u32> {
@@ -241,7 +240,8 @@ fn incremental_decoding_never_splits_characters() {
 
 #[tokio::test]
 async fn dropping_the_receiver_cancels_the_sequence() {
-    let Some(engine) = engine() else { return };
+    // Its own engine: the shared one may be busy with other tests' sequences.
+    let Some(engine) = own_engine() else { return };
     let rx = engine
         .submit(greedy(prompt(&engine, "Write a very long essay."), 4000))
         .unwrap();
