@@ -38,9 +38,43 @@ pub fn exp(x: f32) -> f32 {
     }
 }
 
-/// `a ← silu(a) · b`, the SwiGLU of a llama MLP: `silu(g) = g / (1 + e^−g)`.
+/// `a ← silu(a) · b`, the SwiGLU of a llama MLP: `silu(g) = g / (1 + e^−g)`, in the widest
+/// vector instructions this CPU has.
+#[allow(
+    unsafe_code,
+    reason = "instruction-set variants, entered only after runtime feature detection"
+)]
 pub fn swiglu(a: &mut [f32], b: &[f32]) {
     assert_eq!(a.len(), b.len(), "gate and up widths");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { swiglu_avx512(a, b) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { swiglu_avx2(a, b) };
+        }
+    }
+    swiglu_loop(a, b);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn swiglu_avx512(a: &mut [f32], b: &[f32]) {
+    swiglu_loop(a, b);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn swiglu_avx2(a: &mut [f32], b: &[f32]) {
+    swiglu_loop(a, b);
+}
+
+#[inline(always)]
+fn swiglu_loop(a: &mut [f32], b: &[f32]) {
     for (g, u) in a.iter_mut().zip(b) {
         *g = *g / (1.0 + exp(-*g)) * u;
     }
