@@ -3,7 +3,9 @@
 //! On the CPU it runs here, in plain loops over host buffers: a decode step attends one query
 //! per head over a few hundred cached positions, far too little work to pay for a dozen
 //! tensor operations (and their allocations) per sequence per layer. Sequences run in
-//! parallel. On accelerators the cache stays on the device and attention is two batched
+//! parallel. The host cache holds keys and values as f16 (as llama.cpp's does by default): a
+//! batched decode step reads every cached position of every sequence, and at 16 sequences
+//! that traffic, not arithmetic, bounds attention. On accelerators the cache stays on the device and attention is two batched
 //! matmuls per sequence.
 
 use candle_core::{Device, Tensor};
@@ -32,12 +34,12 @@ pub struct Dims {
 pub enum LayerKv {
     /// Host memory.
     Host {
-        /// Keys in blocks of [`KEY_BLOCK`] positions, dimension-major inside a block:
-        /// `[block][kv_head][head_dim][position in block]`, so that one query dimension
-        /// multiplies a whole vector of positions (no horizontal sums per score).
-        k: Vec<f32>,
-        /// Values, position-major: `[pos][kv_head][head_dim]`.
-        v: Vec<f32>,
+        /// Keys (f16 bits) in blocks of [`KEY_BLOCK`] positions, dimension-major inside a
+        /// block: `[block][kv_head][head_dim][position in block]`, so that one query
+        /// dimension multiplies a whole vector of positions (no horizontal sums per score).
+        k: Vec<u16>,
+        /// Values (f16 bits), position-major: `[pos][kv_head][head_dim]`.
+        v: Vec<u16>,
     },
     /// Device memory, `[kv_head, pos, head_dim]`, grown in chunks.
     Device(KvCache),
@@ -95,7 +97,7 @@ pub fn host_step(seqs: &mut [HostSeq<'_>], q: &[f32], k: &[f32], v: &[f32], d: D
     let run = |(s, q, k, v, out): (&mut HostSeq<'_>, &[f32], &[f32], &[f32], &mut [f32])| {
         if let LayerKv::Host { k: kc, v: vc } = &mut *s.kv {
             append_keys(kc, s.past, k, d);
-            vc.extend_from_slice(v);
+            vc.extend(v.iter().map(|&x| half::f16::from_f32(x).to_bits()));
             let job = Job {
                 q,
                 keys: kc,
@@ -120,9 +122,9 @@ struct Job<'a> {
     /// Queries of the new tokens, `[len][heads][head_dim]`.
     q: &'a [f32],
     /// The blocked key cache, new tokens included.
-    keys: &'a [f32],
+    keys: &'a [u16],
     /// The value cache, new tokens included.
-    values: &'a [f32],
+    values: &'a [u16],
     /// Tokens cached before this step.
     past: usize,
     /// New tokens.
@@ -143,42 +145,131 @@ fn attend(job: &Job<'_>, out: &mut [f32]) {
             // SAFETY: the CPU has AVX-512F.
             return unsafe { attend_avx512(job, out) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
         {
-            // SAFETY: the CPU has AVX2 and FMA.
+            // SAFETY: the CPU has AVX2, FMA and F16C.
             return unsafe { attend_avx2(job, out) };
         }
     }
-    attend_loops(job, out);
+    attend_loops::<Portable>(job, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn attend_avx512(job: &Job<'_>, out: &mut [f32]) {
-    attend_loops(job, out);
+    attend_loops::<widen::Avx512>(job, out);
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn attend_avx2(job: &Job<'_>, out: &mut [f32]) {
-    attend_loops(job, out);
+    attend_loops::<widen::F16c>(job, out);
+}
+
+/// f16 bits to f32, sixteen at a time, in an instruction set's own conversion.
+trait Widen {
+    fn widen16(x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK];
+
+    /// Any length: whole sixteens, then one at a time.
+    #[inline(always)]
+    fn widen(src: &[u16], dst: &mut [f32]) {
+        let (whole, tail) = src.as_chunks::<KEY_BLOCK>();
+        let (out, out_tail) = dst.as_chunks_mut::<KEY_BLOCK>();
+        for (o, x) in out.iter_mut().zip(whole) {
+            *o = Self::widen16(x);
+        }
+        for (o, &x) in out_tail.iter_mut().zip(tail) {
+            *o = half::f16::from_bits(x).to_f32();
+        }
+    }
+}
+
+/// Conversion without special instructions.
+struct Portable;
+
+impl Widen for Portable {
+    #[inline(always)]
+    fn widen16(x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK] {
+        x.map(|v| half::f16::from_bits(v).to_f32())
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(
+    unsafe_code,
+    reason = "conversion intrinsics, inlined only into the variants that enable them"
+)]
+mod widen {
+    use std::arch::x86_64::*;
+
+    use super::{KEY_BLOCK, Widen};
+
+    /// `vcvtph2ps` on 512 bits.
+    pub(super) struct Avx512;
+
+    impl Widen for Avx512 {
+        #[inline(always)]
+        fn widen16(x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK] {
+            // SAFETY: used only by `attend_avx512`, which runs after detecting AVX-512F.
+            unsafe { widen_512(x) }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn widen_512(x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK] {
+        let mut out = [0f32; KEY_BLOCK];
+        // SAFETY: both arrays hold sixteen values.
+        unsafe {
+            let v = _mm512_cvtph_ps(_mm256_loadu_si256(x.as_ptr().cast()));
+            _mm512_storeu_ps(out.as_mut_ptr(), v);
+        }
+        out
+    }
+
+    /// `vcvtph2ps` (F16C) on 256 bits, twice.
+    pub(super) struct F16c;
+
+    impl Widen for F16c {
+        #[inline(always)]
+        fn widen16(x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK] {
+            // SAFETY: used only by `attend_avx2`, which runs after detecting F16C and AVX2.
+            unsafe { widen_f16c(x) }
+        }
+    }
+
+    #[target_feature(enable = "avx,f16c")]
+    #[inline]
+    fn widen_f16c(x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK] {
+        let mut out = [0f32; KEY_BLOCK];
+        // SAFETY: both arrays hold sixteen values.
+        unsafe {
+            let lo = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().cast()));
+            let hi = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(8).cast()));
+            _mm256_storeu_ps(out.as_mut_ptr(), lo);
+            _mm256_storeu_ps(out.as_mut_ptr().add(8), hi);
+        }
+        out
+    }
 }
 
 /// Appends the keys of new positions `past..` (`[token][kv_head][head_dim]`) to a blocked
-/// key cache, growing it by a zeroed block when a block fills.
-fn append_keys(cache: &mut Vec<f32>, past: usize, keys: &[f32], d: Dims) {
+/// key cache as f16, growing it by a zeroed block when a block fills.
+fn append_keys(cache: &mut Vec<u16>, past: usize, keys: &[f32], d: Dims) {
     let hd = d.head_dim;
     let block_len = d.kv_heads * hd * KEY_BLOCK;
     for (i, row) in keys.chunks_exact(d.kv_heads * hd).enumerate() {
         let p = past + i;
         let (block, slot) = (p / KEY_BLOCK, p % KEY_BLOCK);
         if cache.len() < (block + 1) * block_len {
-            cache.resize((block + 1) * block_len, 0.0);
+            cache.resize((block + 1) * block_len, 0);
         }
         let dst = &mut cache[block * block_len..(block + 1) * block_len];
         for (j, &x) in row.iter().enumerate() {
             // Row element j is head j / hd, dimension j % hd: at (head · hd + dim) · 16 + slot.
-            dst[j * KEY_BLOCK + slot] = x;
+            dst[j * KEY_BLOCK + slot] = half::f16::from_f32(x).to_bits();
         }
     }
 }
@@ -187,7 +278,7 @@ fn append_keys(cache: &mut Vec<f32>, past: usize, keys: &[f32], d: Dims) {
 /// share a KV head go together, so each cached key block and value row is read once for all
 /// of them.
 #[inline(always)]
-fn attend_loops(job: &Job<'_>, out: &mut [f32]) {
+fn attend_loops<W: Widen>(job: &Job<'_>, out: &mut [f32]) {
     let &Job {
         q,
         keys: kc,
@@ -204,6 +295,7 @@ fn attend_loops(job: &Job<'_>, out: &mut [f32]) {
     // Scores of the `n_rep` heads of one KV head, `scores[r * span + p]`, whole blocks.
     let span = (past + len).div_ceil(KEY_BLOCK) * KEY_BLOCK;
     let mut scores = vec![0f32; n_rep * span];
+    let mut value = vec![0f32; hd];
     for t in 0..len {
         let visible = past + t + 1;
         for kvh in 0..d.kv_heads {
@@ -213,7 +305,7 @@ fn attend_loops(job: &Job<'_>, out: &mut [f32]) {
                 let keys = &kc[b * block_len + kvh * hd * KEY_BLOCK..][..hd * KEY_BLOCK];
                 for (r, qv) in queries.chunks_exact(hd).enumerate() {
                     let dst = &mut scores[r * span + b * KEY_BLOCK..][..KEY_BLOCK];
-                    for (s, v) in dst.iter_mut().zip(block_scores(qv, keys)) {
+                    for (s, v) in dst.iter_mut().zip(block_scores::<W>(qv, keys)) {
                         *s = v * scale;
                     }
                 }
@@ -233,10 +325,10 @@ fn attend_loops(job: &Job<'_>, out: &mut [f32]) {
             let o = &mut out[first * hd..(first + n_rep) * hd];
             o.fill(0.0);
             for p in 0..visible {
-                let value = &vc[p * kv_row + kvh * hd..][..hd];
+                W::widen(&vc[p * kv_row + kvh * hd..][..hd], &mut value);
                 for (r, or) in o.chunks_exact_mut(hd).enumerate() {
                     let w = scores[r * span + p];
-                    for (oi, vi) in or.iter_mut().zip(value) {
+                    for (oi, vi) in or.iter_mut().zip(&value) {
                         *oi += w * vi;
                     }
                 }
@@ -251,11 +343,11 @@ fn attend_loops(job: &Job<'_>, out: &mut [f32]) {
 /// array of arrays, LLVM kept them on the stack and added one float at a time, which made
 /// attention half of a 16-stream decode step.
 #[inline(always)]
-fn block_scores(q: &[f32], keys: &[f32]) -> [f32; KEY_BLOCK] {
+fn block_scores<W: Widen>(q: &[f32], keys: &[u16]) -> [f32; KEY_BLOCK] {
     /// `acc += s · k`, sixteen lanes.
     #[inline(always)]
-    fn axpy(acc: &mut [f32; KEY_BLOCK], s: f32, k: &[f32; KEY_BLOCK]) {
-        for (a, k) in acc.iter_mut().zip(k) {
+    fn axpy<W: Widen>(acc: &mut [f32; KEY_BLOCK], s: f32, k: &[u16; KEY_BLOCK]) {
+        for (a, k) in acc.iter_mut().zip(W::widen16(k)) {
             *a += s * k;
         }
     }
@@ -269,13 +361,13 @@ fn block_scores(q: &[f32], keys: &[f32]) -> [f32; KEY_BLOCK] {
         [0f32; KEY_BLOCK],
     );
     for (qd, kd) in q4.iter().zip(rows4) {
-        axpy(&mut a0, qd[0], &kd[0]);
-        axpy(&mut a1, qd[1], &kd[1]);
-        axpy(&mut a2, qd[2], &kd[2]);
-        axpy(&mut a3, qd[3], &kd[3]);
+        axpy::<W>(&mut a0, qd[0], &kd[0]);
+        axpy::<W>(&mut a1, qd[1], &kd[1]);
+        axpy::<W>(&mut a2, qd[2], &kd[2]);
+        axpy::<W>(&mut a3, qd[3], &kd[3]);
     }
     for (&qd, kd) in q_tail.iter().zip(rows_tail) {
-        axpy(&mut a0, qd, kd);
+        axpy::<W>(&mut a0, qd, kd);
     }
     std::array::from_fn(|j| (a0[j] + a1[j]) + (a2[j] + a3[j]))
 }
@@ -352,8 +444,14 @@ mod tests {
                 .collect()
         };
         let qkv_rows = past + len;
-        let k_all = rand(qkv_rows * d.kv_heads * d.head_dim, 1);
-        let v_all = rand(qkv_rows * d.kv_heads * d.head_dim, 2);
+        // The host cache keeps f16: the tensor path gets the same rounded keys and values.
+        let f16_exact = |x: Vec<f32>| -> Vec<f32> {
+            x.into_iter()
+                .map(|v| half::f16::from_f32(v).to_f32())
+                .collect()
+        };
+        let k_all = f16_exact(rand(qkv_rows * d.kv_heads * d.head_dim, 1));
+        let v_all = f16_exact(rand(qkv_rows * d.kv_heads * d.head_dim, 2));
         let q_all = rand(qkv_rows * d.heads * d.head_dim, 3);
         // Host: first the past tokens, then the new ones.
         let mut host = LayerKv::new(&dev);
