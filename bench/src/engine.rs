@@ -66,6 +66,8 @@ pub struct EngineConfig {
     pub streams: Vec<usize>,
     /// Tokens per stream.
     pub max_tokens: u32,
+    /// Measurements of every concurrency; the median one is reported.
+    pub repeat: usize,
     /// Engine compute threads (`AIGW_ENGINE_THREADS`); `None`: the default.
     pub threads: Option<usize>,
     /// Python with llama-cpp-python for the baseline; `None` skips it.
@@ -184,6 +186,9 @@ pub struct Round {
     pub max_active: Option<u64>,
     /// Most queued requests seen by the `/load` polls.
     pub max_queued: Option<u64>,
+    /// The aggregate tok/s of every measurement of this concurrency, in the order taken;
+    /// this round is the one of median aggregate.
+    pub repeats_aggregate_tok_s: Vec<f64>,
     /// Every stream.
     pub streams: Vec<StreamRecord>,
 }
@@ -511,8 +516,24 @@ async fn measure_round(gw: &Gateway, cfg: &EngineConfig, n: usize) -> anyhow::Re
         mean_batch,
         max_active: peak.map(|p| p.0),
         max_queued: peak.map(|p| p.1),
+        repeats_aggregate_tok_s: Vec::new(),
         streams: records,
     })
+}
+
+/// The measurement of median aggregate throughput (the lower middle one of an even count),
+/// carrying every measurement's aggregate. `None` for none.
+pub fn median_round(mut measured: Vec<Round>) -> Option<Round> {
+    let all: Vec<f64> = measured.iter().map(|r| r.summary.aggregate_tok_s).collect();
+    measured.sort_by(|a, b| {
+        a.summary
+            .aggregate_tok_s
+            .total_cmp(&b.summary.aggregate_tok_s)
+    });
+    let mid = measured.len().checked_sub(1)? / 2;
+    let mut round = measured.swap_remove(mid);
+    round.repeats_aggregate_tok_s = all;
+    Some(round)
 }
 
 /// One line of progress on stderr.
@@ -545,6 +566,9 @@ fn check_config(cfg: &EngineConfig) -> anyhow::Result<PathBuf> {
     }
     if cfg.streams.is_empty() || cfg.streams.contains(&0) {
         bail!("--streams must list concurrencies of at least 1, e.g. 1,4,16,64");
+    }
+    if cfg.repeat == 0 {
+        bail!("--repeat must be at least 1");
     }
     if cfg.max_tokens < 2 {
         bail!("--max-tokens must be at least 2 (the decode rate needs two tokens)");
@@ -614,14 +638,26 @@ pub fn run(cfg: &EngineConfig) -> anyhow::Result<EngineReport> {
         if let Some(err) = warm.iter().find_map(|r| r.error.as_deref()) {
             bail!("the warm-up stream failed: {err}");
         }
-        eprintln!("warmed up; {} tokens per stream", cfg.max_tokens);
-        let mut rounds = Vec::new();
-        for &n in &cfg.streams {
-            let round = measure_round(&gw, cfg, n).await?;
-            progress(&round);
-            rounds.push(round);
+        eprintln!(
+            "warmed up; {} tokens per stream, {} pass(es) over the concurrencies",
+            cfg.max_tokens, cfg.repeat
+        );
+        // Passes over the whole list, so that a slow spell of a shared machine spreads over
+        // every concurrency instead of landing on one.
+        let mut measured: Vec<Vec<Round>> = vec![Vec::new(); cfg.streams.len()];
+        for _ in 0..cfg.repeat {
+            for (&n, taken) in cfg.streams.iter().zip(&mut measured) {
+                let round = measure_round(&gw, cfg, n).await?;
+                progress(&round);
+                taken.push(round);
+            }
         }
-        anyhow::Ok(rounds)
+        anyhow::Ok(
+            measured
+                .into_iter()
+                .filter_map(median_round)
+                .collect::<Vec<_>>(),
+        )
     })?;
     if let Some(status) = gateway.exited() {
         eprintln!("warning: the gateway exited during the run ({status})");
@@ -787,8 +823,32 @@ aigw_requests_in_flight 3
             mean_batch: Some(n as f64 * 0.95),
             max_active: Some(n as u64),
             max_queued: Some(0),
+            repeats_aggregate_tok_s: Vec::new(),
             streams: Vec::new(),
         }
+    }
+
+    #[test]
+    fn reports_the_median_measurement_with_all_aggregates() {
+        let taken = vec![
+            round(16, 40.0, 700.0, 0),
+            round(16, 50.0, 900.0, 0),
+            round(16, 45.0, 800.0, 0),
+        ];
+        let r = median_round(taken).unwrap();
+        assert_eq!(r.summary.aggregate_tok_s, 800.0);
+        assert_eq!(r.summary.decode_tok_s_mean, Some(45.0));
+        assert_eq!(r.repeats_aggregate_tok_s, vec![700.0, 900.0, 800.0]);
+        // Even counts take the lower middle; one measurement is its own median.
+        let r = median_round(vec![round(1, 1.0, 20.0, 0), round(1, 1.0, 10.0, 0)]).unwrap();
+        assert_eq!(r.summary.aggregate_tok_s, 10.0);
+        assert_eq!(
+            median_round(vec![round(1, 1.0, 5.0, 0)])
+                .unwrap()
+                .repeats_aggregate_tok_s,
+            vec![5.0]
+        );
+        assert!(median_round(Vec::new()).is_none());
     }
 
     #[test]

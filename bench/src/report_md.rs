@@ -166,14 +166,14 @@ fn num(v: Option<f64>, decimals: usize) -> String {
 pub fn engine_rounds_table(rounds: &[Round]) -> String {
     let mut out = String::from(
         "| Streams | Errors | TTFT p50 | TTFT p90 | TTFT max | Decode tok/s per stream | \
-         Aggregate tok/s | Mean batch | Peak active | Wall |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         Aggregate tok/s | Aggregate, every pass | Mean batch | Peak active | Wall |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rounds {
         let s = &r.summary;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {:.2}s |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {:.2}s |",
             r.concurrency,
             s.errors,
             ms(s.ttft_ms_p50),
@@ -181,6 +181,11 @@ pub fn engine_rounds_table(rounds: &[Round]) -> String {
             ms(s.ttft_ms_max),
             num(s.decode_tok_s_mean, 1),
             s.aggregate_tok_s,
+            r.repeats_aggregate_tok_s
+                .iter()
+                .map(|v| format!("{v:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
             num(r.mean_batch, 1),
             or_na(r.max_active, |v| v.to_string()),
             s.wall_s
@@ -223,7 +228,9 @@ pub fn render_engine(r: &EngineReport) -> String {
     out.push_str(
         "\nTTFT: from sending the request to the first content token. Decode tok/s per stream: \
          (tokens − 1) / (last token − first token), averaged over the streams. Aggregate: all \
-         tokens / wall time of the round (first send to last end of stream). Mean batch: sequences \
+         tokens / wall time of the round (first send to last end of stream). Every concurrency is \
+         measured once per pass over the list; the row is the pass of median aggregate, and \
+         'every pass' lists each pass's aggregate in order. Mean batch: sequences \
          per engine step over the round, from the `/metrics` counters (prefill steps included). \
          Peak active: most sequences decoding together, from `GET /load` polled every 200 ms.\n",
     );
@@ -442,6 +449,7 @@ mod tests {
             prompt_tokens: Some(31),
             ..Default::default()
         });
+        rounds[0].repeats_aggregate_tok_s = vec![97.5, 95.0, 90.25];
         rounds[1].summary.errors = 1;
         rounds[1].summary.first_error = Some("stream 3: `boom`".to_owned());
         let bandwidth = crate::roofline::Bandwidth {
@@ -494,7 +502,9 @@ mod tests {
         assert!(md.contains("at commit abc1234"));
         assert!(md.contains(crate::engine::GPU_NOTE));
         assert!(
-            md.contains("| 1 | 0 | 50.00ms | 60.00ms | 70.00ms | 100.0 | 95.0 | 0.9 | 1 | 1.35s |"),
+            md.contains(
+                "| 1 | 0 | 50.00ms | 60.00ms | 70.00ms | 100.0 | 95.0 | 97.5 / 95.0 / 90.2 | 0.9 | 1 | 1.35s |"
+            ),
             "{md}"
         );
         assert!(md.contains("**1 of 16 streams failed** at 16 streams; first: `stream 3: 'boom'`"));
