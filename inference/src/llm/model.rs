@@ -78,27 +78,23 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // The host kernels: `[tokens, cols]` activations in, `[tokens, rows]` out.
+        let on_host = |rows: usize, matmul: &dyn Fn(&[f32], usize) -> Vec<f32>| {
+            let (tokens, _) = x.dims2()?;
+            let host = x.flatten_all()?.to_vec1::<f32>()?;
+            Tensor::from_vec(matmul(&host, tokens), (tokens, rows), x.device())
+        };
         let y = match &self.weight {
             Weight::Candle(w) => w.forward(x)?,
-            Weight::Q4(w) => {
-                let (tokens, _) = x.dims2()?;
-                let host = x.flatten_all()?.to_vec1::<f32>()?;
-                Tensor::from_vec(w.matmul(&host, tokens), (tokens, w.rows()), x.device())?
-            }
-            Weight::Packed(w) => {
-                let (tokens, _) = x.dims2()?;
-                let host = x.flatten_all()?.to_vec1::<f32>()?;
-                Tensor::from_vec(w.matmul(&host, tokens), (tokens, w.rows()), x.device())?
-            }
-            Weight::Q8Split(w) => {
-                let (tokens, _) = x.dims2()?;
-                let host = x.flatten_all()?.to_vec1::<f32>()?;
-                let mut y = w.0.matmul(&host, tokens);
-                for (a, b) in y.iter_mut().zip(w.1.matmul(&host, tokens)) {
+            Weight::Q4(w) => on_host(w.rows(), &|h, t| w.matmul(h, t))?,
+            Weight::Packed(w) => on_host(w.rows(), &|h, t| w.matmul(h, t))?,
+            Weight::Q8Split(w) => on_host(w.0.rows(), &|h, t| {
+                let mut y = w.0.matmul(h, t);
+                for (a, b) in y.iter_mut().zip(w.1.matmul(h, t)) {
                     *a += b;
                 }
-                Tensor::from_vec(y, (tokens, w.0.rows()), x.device())?
-            }
+                y
+            })?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),

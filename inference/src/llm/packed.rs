@@ -224,36 +224,26 @@ impl Acts {
     fn quantize(x: &[f32], blocks: usize) -> Self {
         let n = x.len() / QK;
         debug_assert_eq!(n % blocks.max(1), 0);
-        let mut scales = Vec::with_capacity(n);
-        let mut values = Vec::with_capacity(n);
         let (whole, _) = x.as_chunks::<QK>();
-        for block in whole {
-            let (s, q) = quantize_block(block);
-            scales.push(s);
-            values.push(q);
-        }
+        // The vector quantizer where the kernels run (the only place packed matrices exist),
+        // else the portable one it matches: the same activations either way.
+        let quantize = block_quantizer();
+        let (scales, values): (Vec<_>, Vec<_>) = whole.iter().map(quantize).unzip();
+        debug_assert_eq!(scales.len(), n);
         Self { scales, values }
     }
 }
 
-/// One block to eight bits: `d = max|x| / 127`, values rounded half away from zero — the same
-/// arithmetic as [`super::q4`]'s, so both kernels see the same activations.
-fn quantize_block(x: &[f32; QK]) -> ([f32; 2], [i8; QK]) {
+/// One block to eight bits (`[d, d·Σq]` and the values), as [`super::q4::quantize_block`]
+/// rounds it, in AVX-512 when this CPU has the kernels.
+type BlockQuantizer = fn(&[f32; QK]) -> ([f32; 2], [i8; QK]);
+
+fn block_quantizer() -> BlockQuantizer {
     #[cfg(target_arch = "x86_64")]
     if PackedMatrix::available() {
-        return avx512::quantize_block(x);
+        return avx512::quantize_block;
     }
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-    let mut q = [0i8; QK];
-    let mut sum = 0i32;
-    for (qi, v) in q.iter_mut().zip(x) {
-        let scaled = v * inv;
-        *qi = (scaled + 0.5f32.copysign(scaled)) as i8;
-        sum += i32::from(*qi);
-    }
-    ([d, d * sum as f32], q)
+    super::q4::quantize_block
 }
 
 /// One group's outputs for up to [`TILE`] tokens: `out[t·16 + r]`. `w` starts at the group's
@@ -396,7 +386,7 @@ mod avx512 {
         }
     }
 
-    /// [`super::quantize_block`] with AVX-512.
+    /// [`super::super::q4::quantize_block`] with AVX-512.
     pub(super) fn quantize_block(x: &[f32; QK]) -> ([f32; 2], [i8; QK]) {
         // SAFETY: called only when `available()`; reads the 32 floats of `x`.
         unsafe { quantize_512(x) }
@@ -480,7 +470,7 @@ mod tests {
             let xq: Vec<f64> = x[t * cols..(t + 1) * cols]
                 .chunks_exact(QK)
                 .flat_map(|blk| {
-                    let (s, q) = quantize_block(blk.try_into().unwrap());
+                    let (s, q) = block_quantizer()(blk.try_into().unwrap());
                     q.map(|v| f64::from(v) * f64::from(s[0]))
                 })
                 .collect();
@@ -583,8 +573,11 @@ mod tests {
 
     #[test]
     fn quantization_matches_the_scalar_rounding() {
+        let quantize_block = block_quantizer();
         let x: [f32; QK] = std::array::from_fn(|i| (i as f32 - 15.5) * 0.37);
         let (s, q) = quantize_block(&x);
+        // The vector and portable quantizers agree bit for bit.
+        assert_eq!((s, q), super::super::q4::quantize_block(&x));
         let d = 15.5 * 0.37 / 127.0;
         assert!((s[0] - d).abs() < 1e-7);
         for (v, qi) in x.iter().zip(q) {

@@ -231,24 +231,27 @@ fn dot4_scalar(scales: &[[f32; 2]], nibbles: &[[u8; 16]], blocks: usize, x: &Q8R
 }
 
 fn quantize_row(x: &[f32]) -> Q8Row {
-    let mut scales = Vec::with_capacity(x.len() / QK);
-    let mut values = Vec::with_capacity(x.len() / QK);
-    for block in x.chunks_exact(QK) {
-        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let mut q = [0i8; 32];
-        let mut sum = 0i32;
-        for (qi, v) in q.iter_mut().zip(block) {
-            // Round half away from zero without a libm call; |v·inv| ≤ 127.
-            let scaled = v * inv;
-            *qi = (scaled + 0.5f32.copysign(scaled)) as i8;
-            sum += i32::from(*qi);
-        }
-        scales.push([d, d * sum as f32]);
-        values.push(q);
-    }
+    let (blocks, _) = x.as_chunks::<QK>();
+    let (scales, values) = blocks.iter().map(quantize_block).unzip();
     Q8Row { scales, values }
+}
+
+/// One block of activations to eight bits: `d = max|x| / 127`, values rounded half away from
+/// zero; returns `[d, d · Σq]` and the values. The packed kernels' vector quantizer rounds
+/// the same way.
+pub(super) fn quantize_block(block: &[f32; QK]) -> ([f32; 2], [i8; QK]) {
+    let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let mut q = [0i8; QK];
+    let mut sum = 0i32;
+    for (qi, v) in q.iter_mut().zip(block) {
+        // Round half away from zero without a libm call; |v·inv| ≤ 127.
+        let scaled = v * inv;
+        *qi = (scaled + 0.5f32.copysign(scaled)) as i8;
+        sum += i32::from(*qi);
+    }
+    ([d, d * sum as f32], q)
 }
 
 fn dot_scalar(scales: &[[f32; 2]], nibbles: &[[u8; 16]], x: &Q8Row) -> f32 {
