@@ -38,7 +38,9 @@ pub enum LayerKv {
         /// block: `[block][kv_head][head_dim][position in block]`, so that one query
         /// dimension multiplies a whole vector of positions (no horizontal sums per score).
         k: Vec<u16>,
-        /// Values (f16 bits), position-major: `[pos][kv_head][head_dim]`.
+        /// Values (f16 bits) in the same blocks, position-major inside a block:
+        /// `[block][kv_head][position in block][head_dim]`, so that one KV head's values are
+        /// read as whole runs of memory.
         v: Vec<u16>,
     },
     /// Device memory, `[kv_head, pos, head_dim]`, grown in chunks.
@@ -97,7 +99,7 @@ pub fn host_step(seqs: &mut [HostSeq<'_>], q: &[f32], k: &[f32], v: &[f32], d: D
     let run = |(s, q, k, v, out): (&mut HostSeq<'_>, &[f32], &[f32], &[f32], &mut [f32])| {
         if let LayerKv::Host { k: kc, v: vc } = &mut *s.kv {
             append_keys(kc, s.past, k, d);
-            vc.extend(v.iter().map(|&x| half::f16::from_f32(x).to_bits()));
+            append_values(vc, s.past, v, d);
             let job = Job {
                 q,
                 keys: kc,
@@ -256,11 +258,34 @@ mod widen {
 }
 
 /// Appends the keys of new positions `past..` (`[token][kv_head][head_dim]`) to a blocked
-/// key cache as f16, growing it by a zeroed block when a block fills.
+/// key cache as f16.
 fn append_keys(cache: &mut Vec<u16>, past: usize, keys: &[f32], d: Dims) {
+    // Row element j is head j / hd, dimension j % hd: at (head · hd + dim) · 16 + slot.
+    append_blocked(cache, past, keys, d, |j, slot| j * KEY_BLOCK + slot);
+}
+
+/// Appends the values of new positions `past..` (`[token][kv_head][head_dim]`) to a blocked
+/// value cache as f16.
+fn append_values(cache: &mut Vec<u16>, past: usize, values: &[f32], d: Dims) {
     let hd = d.head_dim;
-    let block_len = d.kv_heads * hd * KEY_BLOCK;
-    for (i, row) in keys.chunks_exact(d.kv_heads * hd).enumerate() {
+    // Row element j is head j / hd, dimension j % hd: at (head · 16 + slot) · hd + dim.
+    append_blocked(cache, past, values, d, |j, slot| {
+        ((j / hd) * KEY_BLOCK + slot) * hd + j % hd
+    });
+}
+
+/// Writes each row of new positions into its block at `at(row element, slot in block)`,
+/// growing the cache by a zeroed block when a block fills.
+#[inline(always)]
+fn append_blocked(
+    cache: &mut Vec<u16>,
+    past: usize,
+    rows: &[f32],
+    d: Dims,
+    at: impl Fn(usize, usize) -> usize,
+) {
+    let block_len = d.kv_heads * d.head_dim * KEY_BLOCK;
+    for (i, row) in rows.chunks_exact(d.kv_heads * d.head_dim).enumerate() {
         let p = past + i;
         let (block, slot) = (p / KEY_BLOCK, p % KEY_BLOCK);
         if cache.len() < (block + 1) * block_len {
@@ -268,8 +293,7 @@ fn append_keys(cache: &mut Vec<u16>, past: usize, keys: &[f32], d: Dims) {
         }
         let dst = &mut cache[block * block_len..(block + 1) * block_len];
         for (j, &x) in row.iter().enumerate() {
-            // Row element j is head j / hd, dimension j % hd: at (head · hd + dim) · 16 + slot.
-            dst[j * KEY_BLOCK + slot] = half::f16::from_f32(x).to_bits();
+            dst[at(j, slot)] = half::f16::from_f32(x).to_bits();
         }
     }
 }
@@ -325,7 +349,8 @@ fn attend_loops<W: Widen>(job: &Job<'_>, out: &mut [f32]) {
             let o = &mut out[first * hd..(first + n_rep) * hd];
             o.fill(0.0);
             for p in 0..visible {
-                W::widen(&vc[p * kv_row + kvh * hd..][..hd], &mut value);
+                let at = (p / KEY_BLOCK) * block_len + (kvh * KEY_BLOCK + p % KEY_BLOCK) * hd;
+                W::widen(&vc[at..at + hd], &mut value);
                 for (r, or) in o.chunks_exact_mut(hd).enumerate() {
                     let w = scores[r * span + p];
                     for (oi, vi) in or.iter_mut().zip(&value) {
