@@ -320,27 +320,30 @@ fn attend_loops<W: Widen>(job: &Job<'_>, out: &mut [f32]) {
     let span = (past + len).div_ceil(KEY_BLOCK) * KEY_BLOCK;
     let mut scores = vec![0f32; n_rep * span];
     let mut value = vec![0f32; hd];
+    let mut key_block = vec![0f32; hd * KEY_BLOCK];
     for t in 0..len {
         let visible = past + t + 1;
         for kvh in 0..d.kv_heads {
             let first = t * d.heads + kvh * n_rep;
             let queries = &q[first * hd..(first + n_rep) * hd];
             for b in 0..visible.div_ceil(KEY_BLOCK) {
+                // Widened once for the `n_rep` queries.
                 let keys = &kc[b * block_len + kvh * hd * KEY_BLOCK..][..hd * KEY_BLOCK];
+                W::widen(keys, &mut key_block);
                 for (r, qv) in queries.chunks_exact(hd).enumerate() {
                     let dst = &mut scores[r * span + b * KEY_BLOCK..][..KEY_BLOCK];
-                    for (s, v) in dst.iter_mut().zip(block_scores::<W>(qv, keys)) {
+                    for (s, v) in dst.iter_mut().zip(block_scores(qv, &key_block)) {
                         *s = v * scale;
                     }
                 }
             }
             for s in scores.chunks_exact_mut(span) {
                 let s = &mut s[..visible];
-                let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let max = lanes_fold(s, f32::NEG_INFINITY, f32::max);
                 for v in s.iter_mut() {
                     *v = super::vmath::exp(*v - max);
                 }
-                let sum: f32 = s.iter().sum();
+                let sum = lanes_fold(s, 0.0, |a, b| a + b);
                 let inv = 1.0 / sum;
                 for v in s.iter_mut() {
                     *v *= inv;
@@ -362,17 +365,33 @@ fn attend_loops<W: Widen>(job: &Job<'_>, out: &mut [f32]) {
     }
 }
 
+/// `f` over `x` in sixteen independent lanes, then over the lanes: a reduction that
+/// vectorises (a sequential fold cannot, its order being fixed). `f` must be associative and
+/// commutative up to rounding, with `init` its identity.
+#[inline(always)]
+fn lanes_fold(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; 16];
+    let (whole, tail) = x.as_chunks::<16>();
+    for c in whole {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = f(*l, v);
+        }
+    }
+    let head = lanes.into_iter().fold(init, &f);
+    tail.iter().fold(head, |a, &v| f(a, v))
+}
+
 /// One query's dot products with the [`KEY_BLOCK`] keys of a block (`[head_dim][16]`), four
 /// dimensions in independent accumulators so the multiply-adds overlap. Each accumulator is
 /// its own sixteen-float array, so it lives in one vector register: with the four in one
 /// array of arrays, LLVM kept them on the stack and added one float at a time, which made
 /// attention half of a 16-stream decode step.
 #[inline(always)]
-fn block_scores<W: Widen>(q: &[f32], keys: &[u16]) -> [f32; KEY_BLOCK] {
+fn block_scores(q: &[f32], keys: &[f32]) -> [f32; KEY_BLOCK] {
     /// `acc += s · k`, sixteen lanes.
     #[inline(always)]
-    fn axpy<W: Widen>(acc: &mut [f32; KEY_BLOCK], s: f32, k: &[u16; KEY_BLOCK]) {
-        for (a, k) in acc.iter_mut().zip(W::widen16(k)) {
+    fn axpy(acc: &mut [f32; KEY_BLOCK], s: f32, k: &[f32; KEY_BLOCK]) {
+        for (a, k) in acc.iter_mut().zip(k) {
             *a += s * k;
         }
     }
@@ -386,13 +405,13 @@ fn block_scores<W: Widen>(q: &[f32], keys: &[u16]) -> [f32; KEY_BLOCK] {
         [0f32; KEY_BLOCK],
     );
     for (qd, kd) in q4.iter().zip(rows4) {
-        axpy::<W>(&mut a0, qd[0], &kd[0]);
-        axpy::<W>(&mut a1, qd[1], &kd[1]);
-        axpy::<W>(&mut a2, qd[2], &kd[2]);
-        axpy::<W>(&mut a3, qd[3], &kd[3]);
+        axpy(&mut a0, qd[0], &kd[0]);
+        axpy(&mut a1, qd[1], &kd[1]);
+        axpy(&mut a2, qd[2], &kd[2]);
+        axpy(&mut a3, qd[3], &kd[3]);
     }
     for (&qd, kd) in q_tail.iter().zip(rows_tail) {
-        axpy::<W>(&mut a0, qd, kd);
+        axpy(&mut a0, qd, kd);
     }
     std::array::from_fn(|j| (a0[j] + a1[j]) + (a2[j] + a3[j]))
 }
