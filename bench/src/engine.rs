@@ -44,8 +44,9 @@ pub const WARMUP_TOKENS: u32 = 8;
 /// Runs of the llama.cpp baseline (after one warm-up run); the median counts.
 pub const LLAMACPP_RUNS: usize = 3;
 /// The statement on GPUs that every result carries.
-pub const GPU_NOTE: &str =
-    "GPU: no NVIDIA GPU was lent to this task; the CUDA build was not benchmarked.";
+pub const GPU_NOTE: &str = "GPU: this scenario measures the CPU engine only; the CUDA build's \
+     batched throughput is measured by `aigw-bench batch --device cuda` (results \
+     `*-gpu-batch*.md`).";
 /// The approximation behind the roofline, stated in every result.
 pub const ROOFLINE_NOTE: &str = "bytes read per decoded token ≈ the GGUF file size: every weight \
      is read once per decode step (the tied embedding matrix as the output head); KV cache and \
