@@ -523,9 +523,14 @@ async fn measure_round(gw: &Gateway, cfg: &EngineConfig, n: usize) -> anyhow::Re
 }
 
 /// The measurement of median aggregate throughput (the lower middle one of an even count),
-/// carrying every measurement's aggregate. `None` for none.
+/// carrying every measurement's aggregate. Its error count is that of all the measurements
+/// (and its first error the first of any), so that a failed stream in any pass fails the
+/// targets and is reported: a pass with failures is usually the slowest, the one a median
+/// would otherwise drop. `None` for none.
 pub fn median_round(mut measured: Vec<Round>) -> Option<Round> {
     let all: Vec<f64> = measured.iter().map(|r| r.summary.aggregate_tok_s).collect();
+    let errors = measured.iter().map(|r| r.summary.errors).sum();
+    let first_error = measured.iter().find_map(|r| r.summary.first_error.clone());
     measured.sort_by(|a, b| {
         a.summary
             .aggregate_tok_s
@@ -534,6 +539,8 @@ pub fn median_round(mut measured: Vec<Round>) -> Option<Round> {
     let mid = measured.len().checked_sub(1)? / 2;
     let mut round = measured.swap_remove(mid);
     round.repeats_aggregate_tok_s = all;
+    round.summary.errors = errors;
+    round.summary.first_error = first_error;
     Some(round)
 }
 
@@ -850,6 +857,20 @@ aigw_requests_in_flight 3
             vec![5.0]
         );
         assert!(median_round(Vec::new()).is_none());
+        // A failure in a pass that is not the median still counts, and fails the targets.
+        let mut failed = round(16, 20.0, 300.0, 2);
+        failed.summary.first_error = Some("stream 4: timeout".to_owned());
+        let r = median_round(vec![
+            round(16, 50.0, 900.0, 0),
+            failed,
+            round(16, 45.0, 800.0, 0),
+        ])
+        .unwrap();
+        assert_eq!(r.summary.aggregate_tok_s, 800.0);
+        assert_eq!(r.summary.errors, 2);
+        assert_eq!(r.summary.first_error.as_deref(), Some("stream 4: timeout"));
+        let t = check_targets(&[round(1, 100.0, 95.0, 0), r], None);
+        assert_eq!(t[1].status, "not met");
     }
 
     #[test]

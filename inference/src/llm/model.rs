@@ -407,7 +407,7 @@ impl LlamaModel {
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
             let gated = match (block.w_gate.packed_weight(), block.w_up.packed_weight()) {
                 // Both projections on the host: the gate in place, without tensor round trips.
-                (Some(g), Some(u)) => {
+                (Some(g), Some(u)) if g.rows() == u.rows() => {
                     let host = h.flatten_all()?.to_vec1::<f32>()?;
                     let mut gate = g.matmul(&host, total);
                     vmath::swiglu(&mut gate, &u.matmul(&host, total));
