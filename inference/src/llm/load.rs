@@ -61,19 +61,21 @@ fn load_gguf_as(path: &Path, device: &Device, dense: bool) -> Result<LoadedModel
         }
         if cpu && t.dtype() == candle_core::quantized::GgmlDType::Q4_1 {
             let (rows, cols) = t.shape().dims2()?;
-            if let Some(m) = PackedMatrix::from_q4_1(&t.data()?, rows, cols) {
+            let data = t.data()?;
+            if let Some(m) = PackedMatrix::from_q4_1(&data, rows, cols) {
                 return Ok(Linear::packed(m, bias));
             }
-            if let Some(m) = Q4Matrix::from_ggml_bytes(&t.data()?, rows, cols) {
+            if let Some(m) = Q4Matrix::from_ggml_bytes(&data, rows, cols) {
                 return Ok(Linear::q4(m, bias));
             }
         }
         if cpu && t.dtype() == candle_core::quantized::GgmlDType::Q8_0 {
             let (rows, cols) = t.shape().dims2()?;
-            if let Some(m) = PackedMatrix::from_q8_0(&t.data()?, rows, cols) {
+            let data = t.data()?;
+            if let Some(m) = PackedMatrix::from_q8_0(&data, rows, cols) {
                 return Ok(Linear::packed(m, bias));
             }
-            if let Some((lo, hi)) = Q4Matrix::split_q8_0(&t.data()?, rows, cols) {
+            if let Some((lo, hi)) = Q4Matrix::split_q8_0(&data, rows, cols) {
                 return Ok(Linear::q8_split(lo, hi, bias));
             }
         }

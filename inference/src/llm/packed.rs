@@ -73,15 +73,9 @@ impl PackedMatrix {
     /// Repacks raw GGML Q4_1 bytes (f16 scale, f16 minimum, 16 bytes of nibbles per block:
     /// low nibbles values 0..16, high nibbles 16..32) of a `[rows, cols]` matrix.
     pub fn from_q4_1(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        const BLOCK: usize = 20;
-        if !Self::available() || !cols.is_multiple_of(QK) || bytes.len() != rows * cols / QK * BLOCK
-        {
-            return None;
-        }
-        let blocks = cols / QK;
+        let block = ggml_blocks::<20>(bytes, rows, cols)?;
         Self::build(rows, cols, 4, |r, b| {
-            let o = (r * blocks + b) * BLOCK;
-            let blk = &bytes[o..o + BLOCK];
+            let blk = block(r, b);
             let q = std::array::from_fn(|v| {
                 let byte = blk[4 + v % 16];
                 if v < 16 { byte & 0x0F } else { byte >> 4 }
@@ -99,15 +93,9 @@ impl PackedMatrix {
     /// back. `None` also when a scale is too large or too small for `−128·d` to be an exact
     /// f16 (no real weight file has such scales).
     pub fn from_q8_0(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        const BLOCK: usize = 34;
-        if !Self::available() || !cols.is_multiple_of(QK) || bytes.len() != rows * cols / QK * BLOCK
-        {
-            return None;
-        }
-        let blocks = cols / QK;
+        let block = ggml_blocks::<34>(bytes, rows, cols)?;
         Self::build(rows, cols, 8, |r, b| {
-            let o = (r * blocks + b) * BLOCK;
-            let blk = &bytes[o..o + BLOCK];
+            let blk = block(r, b);
             let d = u16::from_le_bytes([blk[0], blk[1]]);
             let q = std::array::from_fn(|v| (blk[2 + v] as i8 as i16 + 128) as u8);
             Some((d, times_minus_128(d)?, q))
@@ -200,6 +188,23 @@ impl PackedMatrix {
         }
         out
     }
+}
+
+/// Block `b` of row `r` of a GGML `[rows, cols]` matrix of `BLOCK`-byte blocks; `None` when
+/// this CPU has no kernels or the bytes are not such a matrix.
+fn ggml_blocks<'a, const BLOCK: usize>(
+    bytes: &'a [u8],
+    rows: usize,
+    cols: usize,
+) -> Option<impl Fn(usize, usize) -> &'a [u8]> {
+    if !PackedMatrix::available()
+        || !cols.is_multiple_of(QK)
+        || bytes.len() != rows * cols / QK * BLOCK
+    {
+        return None;
+    }
+    let blocks = cols / QK;
+    Some(move |r: usize, b: usize| &bytes[(r * blocks + b) * BLOCK..][..BLOCK])
 }
 
 /// `−128·v` as f16 bits when that is exact and normal (or zero).
