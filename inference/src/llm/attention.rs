@@ -5,12 +5,21 @@
 //! tensor operations (and their allocations) per sequence per layer. Sequences run in
 //! parallel. The host cache holds keys and values as f16 (as llama.cpp's does by default): a
 //! batched decode step reads every cached position of every sequence, and at 16 sequences
-//! that traffic, not arithmetic, bounds attention. On accelerators the cache stays on the device and attention is two batched
-//! matmuls per sequence.
+//! that traffic, not arithmetic, bounds attention. On AVX-512 CPUs a kernel in intrinsics
+//! ([`avx512`]) keeps its sums in registers and prefetches the cache ahead of its reads; the
+//! portable loops serve other CPUs and head widths. On accelerators the cache stays on the
+//! device and attention is two batched matmuls per sequence.
 
 use candle_core::{Device, Tensor};
 use candle_nn::kv_cache::KvCache;
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+#[allow(
+    unsafe_code,
+    reason = "intrinsics, entered only after runtime feature detection"
+)]
+mod avx512;
 
 /// Initial KV capacity of a sequence on a device, and the step it grows by.
 const KV_CHUNK: usize = 128;
@@ -75,6 +84,18 @@ pub struct HostSeq<'a> {
 /// are `[tokens, kv_heads, head_dim]`, rows ordered by sequence; returns `[tokens, heads *
 /// head_dim]`.
 pub fn host_step(seqs: &mut [HostSeq<'_>], q: &[f32], k: &[f32], v: &[f32], d: Dims) -> Vec<f32> {
+    host_step_in(seqs, q, k, v, d, &attend)
+}
+
+/// [`host_step`] with the attention of each sequence done by `attend`.
+fn host_step_in(
+    seqs: &mut [HostSeq<'_>],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d: Dims,
+    attend: &AttendFn,
+) -> Vec<f32> {
     let q_row = d.heads * d.head_dim;
     let kv_row = d.kv_heads * d.head_dim;
     let total: usize = seqs.iter().map(|s| s.len).sum();
@@ -119,6 +140,9 @@ pub fn host_step(seqs: &mut [HostSeq<'_>], q: &[f32], k: &[f32], v: &[f32], d: D
     out
 }
 
+/// An implementation of one sequence's attention.
+type AttendFn = dyn Fn(&Job<'_>, &mut [f32]) + Sync;
+
 /// One sequence's attention in one layer.
 struct Job<'a> {
     /// Queries of the new tokens, `[len][heads][head_dim]`.
@@ -135,52 +159,100 @@ struct Job<'a> {
 }
 
 /// Causal attention of `len` new queries (at positions `past..past+len`) over the cache, in
-/// the widest vector instructions this CPU has (the loops are written to vectorise).
+/// the widest vector instructions this CPU has: the AVX-512 kernel where it handles the
+/// shape, else the portable loops (written to vectorise) compiled for this CPU.
 #[allow(
     unsafe_code,
-    reason = "instruction-set variants, entered only after runtime feature detection"
+    reason = "instruction-set variants, entered only with a token of runtime feature detection"
 )]
 fn attend(job: &Job<'_>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { attend_avx512(job, out) };
+        if let Some(w) = widen::Avx512::detect() {
+            if avx512::handles(job) {
+                // SAFETY: the token proves AVX-512F; the kernel handles this shape.
+                return unsafe { avx512::attend(job, out) };
+            }
+            // SAFETY: the token proves AVX-512F.
+            return unsafe { attend_avx512(w, job, out) };
         }
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
-        {
-            // SAFETY: the CPU has AVX2, FMA and F16C.
-            return unsafe { attend_avx2(job, out) };
+        if let Some(w) = widen::F16c::detect() {
+            // SAFETY: the token proves AVX2, FMA and F16C.
+            return unsafe { attend_avx2(w, job, out) };
         }
     }
-    attend_loops::<Portable>(job, out);
+    attend_loops(Portable, job, out);
+}
+
+/// Every implementation of [`attend`] this CPU can run, by name: the tests compare each of
+/// them, not only the one this CPU dispatches to.
+#[cfg(test)]
+#[allow(
+    unsafe_code,
+    reason = "each variant is listed only with its detection token"
+)]
+fn attend_variants() -> Vec<(&'static str, Box<AttendFn>)> {
+    let mut all: Vec<(&'static str, Box<AttendFn>)> = vec![(
+        "portable",
+        Box::new(|job: &Job<'_>, out: &mut [f32]| attend_loops(Portable, job, out)),
+    )];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if let Some(w) = widen::F16c::detect() {
+            // SAFETY: the token proves AVX2, FMA and F16C.
+            all.push((
+                "f16c loops",
+                Box::new(move |job: &Job<'_>, out: &mut [f32]| unsafe { attend_avx2(w, job, out) }),
+            ));
+        }
+        if let Some(w) = widen::Avx512::detect() {
+            // SAFETY: the token proves AVX-512F.
+            all.push((
+                "avx512 loops",
+                Box::new(move |job: &Job<'_>, out: &mut [f32]| unsafe {
+                    attend_avx512(w, job, out)
+                }),
+            ));
+            all.push((
+                "avx512 kernel",
+                Box::new(|job: &Job<'_>, out: &mut [f32]| {
+                    if avx512::handles(job) {
+                        // SAFETY: the CPU has AVX-512F; the kernel handles this shape.
+                        unsafe { avx512::attend(job, out) }
+                    } else {
+                        attend(job, out)
+                    }
+                }),
+            ));
+        }
+    }
+    all
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn attend_avx512(job: &Job<'_>, out: &mut [f32]) {
-    attend_loops::<widen::Avx512>(job, out);
+fn attend_avx512(w: widen::Avx512, job: &Job<'_>, out: &mut [f32]) {
+    attend_loops(w, job, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn attend_avx2(job: &Job<'_>, out: &mut [f32]) {
-    attend_loops::<widen::F16c>(job, out);
+fn attend_avx2(w: widen::F16c, job: &Job<'_>, out: &mut [f32]) {
+    attend_loops(w, job, out);
 }
 
-/// f16 bits to f32, sixteen at a time, in an instruction set's own conversion.
-trait Widen {
-    fn widen16(x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK];
+/// f16 bits to f32, sixteen at a time, in an instruction set's own conversion. A value of an
+/// implementing type is a token: it exists only where the CPU has that instruction set.
+trait Widen: Copy {
+    fn widen16(self, x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK];
 
     /// Any length: whole sixteens, then one at a time.
     #[inline(always)]
-    fn widen(src: &[u16], dst: &mut [f32]) {
+    fn widen(self, src: &[u16], dst: &mut [f32]) {
         let (whole, tail) = src.as_chunks::<KEY_BLOCK>();
         let (out, out_tail) = dst.as_chunks_mut::<KEY_BLOCK>();
         for (o, x) in out.iter_mut().zip(whole) {
-            *o = Self::widen16(x);
+            *o = self.widen16(x);
         }
         for (o, &x) in out_tail.iter_mut().zip(tail) {
             *o = half::f16::from_bits(x).to_f32();
@@ -189,11 +261,12 @@ trait Widen {
 }
 
 /// Conversion without special instructions.
+#[derive(Clone, Copy)]
 struct Portable;
 
 impl Widen for Portable {
     #[inline(always)]
-    fn widen16(x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK] {
+    fn widen16(self, x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK] {
         x.map(|v| half::f16::from_bits(v).to_f32())
     }
 }
@@ -208,13 +281,21 @@ mod widen {
 
     use super::{KEY_BLOCK, Widen};
 
-    /// `vcvtph2ps` on 512 bits.
-    pub(super) struct Avx512;
+    /// `vcvtph2ps` on 512 bits; made only on a CPU with AVX-512F.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(());
+
+    impl Avx512 {
+        /// The token, when this CPU has AVX-512F.
+        pub(super) fn detect() -> Option<Self> {
+            is_x86_feature_detected!("avx512f").then_some(Self(()))
+        }
+    }
 
     impl Widen for Avx512 {
         #[inline(always)]
-        fn widen16(x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK] {
-            // SAFETY: used only by `attend_avx512`, which runs after detecting AVX-512F.
+        fn widen16(self, x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK] {
+            // SAFETY: the token exists only on a CPU with AVX-512F.
             unsafe { widen_512(x) }
         }
     }
@@ -231,13 +312,25 @@ mod widen {
         out
     }
 
-    /// `vcvtph2ps` (F16C) on 256 bits, twice.
-    pub(super) struct F16c;
+    /// `vcvtph2ps` (F16C) on 256 bits, twice; made only on a CPU with AVX2, FMA and F16C
+    /// (the instruction sets of the loops it is used in).
+    #[derive(Clone, Copy)]
+    pub(super) struct F16c(());
+
+    impl F16c {
+        /// The token, when this CPU has AVX2, FMA and F16C.
+        pub(super) fn detect() -> Option<Self> {
+            (is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c"))
+            .then_some(Self(()))
+        }
+    }
 
     impl Widen for F16c {
         #[inline(always)]
-        fn widen16(x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK] {
-            // SAFETY: used only by `attend_avx2`, which runs after detecting F16C and AVX2.
+        fn widen16(self, x: &[u16; KEY_BLOCK]) -> [f32; KEY_BLOCK] {
+            // SAFETY: the token exists only on a CPU with F16C and AVX.
             unsafe { widen_f16c(x) }
         }
     }
@@ -302,7 +395,7 @@ fn append_blocked(
 /// share a KV head go together, so each cached key block and value row is read once for all
 /// of them.
 #[inline(always)]
-fn attend_loops<W: Widen>(job: &Job<'_>, out: &mut [f32]) {
+fn attend_loops<W: Widen>(cvt: W, job: &Job<'_>, out: &mut [f32]) {
     let &Job {
         q,
         keys: kc,
@@ -329,7 +422,7 @@ fn attend_loops<W: Widen>(job: &Job<'_>, out: &mut [f32]) {
             for b in 0..visible.div_ceil(KEY_BLOCK) {
                 // Widened once for the `n_rep` queries.
                 let keys = &kc[b * block_len + kvh * hd * KEY_BLOCK..][..hd * KEY_BLOCK];
-                W::widen(keys, &mut key_block);
+                cvt.widen(keys, &mut key_block);
                 for (r, qv) in queries.chunks_exact(hd).enumerate() {
                     let dst = &mut scores[r * span + b * KEY_BLOCK..][..KEY_BLOCK];
                     for (s, v) in dst.iter_mut().zip(block_scores(qv, &key_block)) {
@@ -337,23 +430,12 @@ fn attend_loops<W: Widen>(job: &Job<'_>, out: &mut [f32]) {
                     }
                 }
             }
-            for s in scores.chunks_exact_mut(span) {
-                let s = &mut s[..visible];
-                let max = lanes_fold(s, f32::NEG_INFINITY, f32::max);
-                for v in s.iter_mut() {
-                    *v = super::vmath::exp(*v - max);
-                }
-                let sum = lanes_fold(s, 0.0, |a, b| a + b);
-                let inv = 1.0 / sum;
-                for v in s.iter_mut() {
-                    *v *= inv;
-                }
-            }
+            softmax_rows(&mut scores, span, visible);
             let o = &mut out[first * hd..(first + n_rep) * hd];
             o.fill(0.0);
             for p in 0..visible {
                 let at = (p / KEY_BLOCK) * block_len + (kvh * KEY_BLOCK + p % KEY_BLOCK) * hd;
-                W::widen(&vc[at..at + hd], &mut value);
+                cvt.widen(&vc[at..at + hd], &mut value);
                 for (r, or) in o.chunks_exact_mut(hd).enumerate() {
                     let w = scores[r * span + p];
                     for (oi, vi) in or.iter_mut().zip(&value) {
@@ -361,6 +443,23 @@ fn attend_loops<W: Widen>(job: &Job<'_>, out: &mut [f32]) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Softmax over the first `visible` scores of each row of `span`.
+#[inline(always)]
+fn softmax_rows(scores: &mut [f32], span: usize, visible: usize) {
+    for s in scores.chunks_exact_mut(span) {
+        let s = &mut s[..visible];
+        let max = lanes_fold(s, f32::NEG_INFINITY, f32::max);
+        for v in s.iter_mut() {
+            *v = super::vmath::exp(*v - max);
+        }
+        let sum = lanes_fold(s, 0.0, |a, b| a + b);
+        let inv = 1.0 / sum;
+        for v in s.iter_mut() {
+            *v *= inv;
         }
     }
 }
@@ -468,19 +567,39 @@ mod tests {
 
     #[test]
     fn host_attention_matches_the_tensor_path() {
-        // Within one key block; across blocks with a head width that is not a multiple of
-        // the score accumulators; a long prompt then one decode token.
-        for (past, len, head_dim) in [(5, 3, 8), (20, 15, 6), (33, 1, 64)] {
-            host_matches_tensor(past, len, head_dim);
+        // (past, new, heads, kv heads, head width). Within one key block; across blocks with
+        // a head width that is not a multiple of the score accumulators; a long prompt then
+        // one decode token; SmolLM2's shape; a prompt into an empty cache; query heads per KV
+        // head in more than one group of the AVX-512 kernel (5, 8) and two passes of its
+        // value loop (width 128); no grouping at all.
+        let shapes = [
+            (5, 3, 6, 2, 8),
+            (20, 15, 6, 2, 6),
+            (33, 1, 6, 2, 64),
+            (40, 1, 9, 3, 64),
+            (0, 20, 9, 3, 64),
+            (17, 5, 10, 2, 128),
+            (100, 2, 8, 1, 64),
+            (31, 2, 4, 4, 64),
+        ];
+        let variants = attend_variants();
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            assert_eq!(variants.len(), 4, "every variant runs on an AVX-512 CPU");
+        }
+        for (name, attend) in &variants {
+            for (past, len, heads, kv_heads, head_dim) in shapes {
+                let d = Dims {
+                    heads,
+                    kv_heads,
+                    head_dim,
+                };
+                host_matches_tensor(name, attend, past, len, d);
+            }
         }
     }
 
-    fn host_matches_tensor(past: usize, len: usize, head_dim: usize) {
-        let d = Dims {
-            heads: 6,
-            kv_heads: 2,
-            head_dim,
-        };
+    fn host_matches_tensor(name: &str, attend: &AttendFn, past: usize, len: usize, d: Dims) {
         let dev = Device::Cpu;
         let rand = |n: usize, seed: u64| -> Vec<f32> {
             (0..n)
@@ -503,7 +622,7 @@ mod tests {
         let (k0, k1) = split(&k_all, d.kv_heads * d.head_dim);
         let (v0, v1) = split(&v_all, d.kv_heads * d.head_dim);
         let (q0, q1) = split(&q_all, d.heads * d.head_dim);
-        host_step(
+        host_step_in(
             &mut [HostSeq {
                 kv: &mut host,
                 past: 0,
@@ -513,8 +632,9 @@ mod tests {
             &k0,
             &v0,
             d,
+            attend,
         );
-        let host_out = host_step(
+        let host_out = host_step_in(
             &mut [HostSeq {
                 kv: &mut host,
                 past,
@@ -524,6 +644,7 @@ mod tests {
             &k1,
             &v1,
             d,
+            attend,
         );
         // Tensor path on the same data.
         let mut cache = KvCache::new(1, 4);
@@ -535,16 +656,18 @@ mod tests {
                 .contiguous()
                 .unwrap()
         };
-        device_seq(
-            &mut cache,
-            &to_t(&q0, past, d.heads),
-            &to_t(&k0, past, d.kv_heads),
-            &to_t(&v0, past, d.kv_heads),
-            0,
-            past,
-            d,
-        )
-        .unwrap();
+        if past > 0 {
+            device_seq(
+                &mut cache,
+                &to_t(&q0, past, d.heads),
+                &to_t(&k0, past, d.kv_heads),
+                &to_t(&v0, past, d.kv_heads),
+                0,
+                past,
+                d,
+            )
+            .unwrap();
+        }
         let dev_out = device_seq(
             &mut cache,
             &to_t(&q1, len, d.heads),
@@ -563,7 +686,7 @@ mod tests {
         for (a, b) in host_out.iter().zip(&dev_out) {
             assert!(
                 (a - b).abs() < 1e-5,
-                "past {past} len {len} hd {head_dim}: {a} vs {b}"
+                "{name}, past {past} len {len} {d:?}: {a} vs {b}"
             );
         }
     }
