@@ -19,7 +19,8 @@ pub fn exp(x: f32) -> f32 {
     const LOW: f32 = -87.336_55;
     const HIGH: f32 = 88.376_26;
     let c = x.clamp(LOW, HIGH);
-    let n = (c * LOG2E + ROUND) - ROUND;
+    let shifted = c * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = c - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -28,8 +29,12 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    // 2^n by building the exponent bits; `n` is in −126..=127 after the clamp.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n by building the exponent bits; `n` is in −126..=127 after the clamp. `shifted` is
+    // 1.5 · 2²³ + n, so its low bits are n + 0x40_0000: integer arithmetic on them, unlike a
+    // float-to-int cast (which saturates, and x86 has no vector instruction for that), stays
+    // in vector registers.
+    let biased = shifted.to_bits().wrapping_sub(ROUND.to_bits() - 127);
+    let scale = f32::from_bits(biased << 23);
     let v = y * scale;
     if x < LOW {
         0.0
