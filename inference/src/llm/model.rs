@@ -77,28 +77,49 @@ impl Linear {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // The host kernels: `[tokens, cols]` activations in, `[tokens, rows]` out.
-        let on_host = |rows: usize, matmul: &dyn Fn(&[f32], usize) -> Vec<f32>| {
-            let (tokens, _) = x.dims2()?;
-            let host = x.flatten_all()?.to_vec1::<f32>()?;
-            Tensor::from_vec(matmul(&host, tokens), (tokens, rows), x.device())
-        };
-        let y = match &self.weight {
-            Weight::Candle(w) => w.forward(x)?,
-            Weight::Q4(w) => on_host(w.rows(), &|h, t| w.matmul(h, t))?,
-            Weight::Packed(w) => on_host(w.rows(), &|h, t| w.matmul(h, t))?,
-            Weight::Q8Split(w) => on_host(w.0.rows(), &|h, t| {
-                let mut y = w.0.matmul(h, t);
-                for (a, b) in y.iter_mut().zip(w.1.matmul(h, t)) {
+    /// Whether this projection runs on the host ([`Self::host`]), not in candle.
+    fn on_host(&self) -> bool {
+        !matches!(self.weight, Weight::Candle(_))
+    }
+
+    /// `[tokens, cols]` activations times a host projection, bias added: `[tokens, rows]`.
+    fn host(&self, x: &[f32], tokens: usize) -> candle_core::Result<Vec<f32>> {
+        let mut y = match &self.weight {
+            Weight::Candle(_) => candle_core::bail!("a candle projection on the host path"),
+            Weight::Q4(w) => w.matmul(x, tokens),
+            Weight::Packed(w) => w.matmul(x, tokens),
+            Weight::Q8Split(w) => {
+                let mut y = w.0.matmul(x, tokens);
+                for (a, b) in y.iter_mut().zip(w.1.matmul(x, tokens)) {
                     *a += b;
                 }
                 y
-            })?,
+            }
         };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+        if let Some(b) = &self.bias {
+            let b = b.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            for row in y.chunks_exact_mut(b.len()) {
+                add_assign(row, &b);
+            }
+        }
+        Ok(y)
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.weight {
+            Weight::Candle(w) => {
+                let y = w.forward(x)?;
+                match &self.bias {
+                    Some(b) => y.broadcast_add(b),
+                    None => Ok(y),
+                }
+            }
+            _ => {
+                let (tokens, _) = x.dims2()?;
+                let y = self.host(&x.flatten_all()?.to_vec1::<f32>()?, tokens)?;
+                let rows = y.len() / tokens.max(1);
+                Tensor::from_vec(y, (tokens, rows), x.device())
+            }
         }
     }
 }
@@ -140,6 +161,22 @@ pub struct LlamaModel {
     device: Device,
     /// The pooled KV cache of an accelerator, when one was set up.
     pool: Option<std::sync::Arc<KvPool>>,
+    /// The norms on the host, when the whole step runs there (see [`HostNorms`]).
+    host: Option<HostNorms>,
+}
+
+/// The RMS norm weights as host vectors, for a model whose every step runs on the host: on
+/// the CPU, with f32 activations and every projection in this crate's kernels (GGUF Q4_1 and
+/// Q8_0 files). Those steps never build a tensor between the embedding lookup and the
+/// logits: the norms, rotations, residual adds and attention are loops over the vectors the
+/// kernels take and return. In a 16-sequence decode step, candle's norm, add and rotation
+/// ops and the copies around them cost more than the attention did.
+#[derive(Debug, Clone)]
+struct HostNorms {
+    /// Per block: the pre-attention and pre-MLP norm weights.
+    blocks: Vec<(Vec<f32>, Vec<f32>)>,
+    /// The final norm weight.
+    last: Vec<f32>,
 }
 
 /// The KV cache of one sequence: one per block, grown in chunks.
@@ -185,6 +222,23 @@ impl LlamaModel {
     ) -> Result<Self, LlmError> {
         config.validate()?;
         let (cos, sin) = rope_tables(&config, device, embed.dtype())?;
+        let all_host = blocks.iter().all(|b| {
+            [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down]
+                .iter()
+                .all(|l| l.on_host())
+        }) && lm_head.on_host();
+        let host = if device.is_cpu() && embed.dtype() == DType::F32 && all_host {
+            let vec = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
+            Some(HostNorms {
+                blocks: blocks
+                    .iter()
+                    .map(|b| Ok((vec(&b.attn_norm)?, vec(&b.ffn_norm)?)))
+                    .collect::<candle_core::Result<_>>()?,
+                last: vec(&norm)?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             config,
             embed,
@@ -195,7 +249,20 @@ impl LlamaModel {
             sin,
             device: device.clone(),
             pool: None,
+            host,
         })
+    }
+
+    /// Whether steps run on the host end to end (see [`HostNorms`]).
+    pub fn runs_on_host(&self) -> bool {
+        self.host.is_some()
+    }
+
+    /// Makes every step run through candle's tensor ops, as on accelerators (tests compare
+    /// the two paths).
+    pub fn without_host_path(mut self) -> Self {
+        self.host = None;
+        self
     }
 
     /// Gives the model a pooled KV cache of `slots` sequences of up to `positions` tokens
@@ -290,7 +357,8 @@ impl LlamaModel {
             );
         }
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
-        let positions = Tensor::new(positions.as_slice(), &self.device)?;
+        let position_ids = positions;
+        let positions = Tensor::new(position_ids.as_slice(), &self.device)?;
         // Per-token rotation tables, shaped as a batch of one-token sequences.
         let half = cfg.head_dim / 2;
         let cos = self
@@ -309,6 +377,20 @@ impl LlamaModel {
             kv_heads: nkv,
             head_dim: hd,
         };
+        if let Some(host) = &self.host {
+            let x = self
+                .embed
+                .index_select(&ids, 0)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let rot = Rotation {
+                cos: cos.flatten_all()?.to_vec1::<f32>()?,
+                sin: sin.flatten_all()?.to_vec1::<f32>()?,
+                half,
+                interleaved: cfg.rope_interleaved,
+            };
+            return self.forward_host(host, batch, x, &rot, dims);
+        }
         let pool_step = match &self.pool {
             Some(pool) if batch.iter().any(|s| s.cache.slot.is_some()) => {
                 let shapes: Vec<StepShape> = batch
@@ -443,6 +525,148 @@ impl LlamaModel {
     }
 }
 
+impl LlamaModel {
+    /// [`Self::forward_inner`] on the host: `x` holds the step's embeddings, `[tokens,
+    /// hidden]`.
+    fn forward_host(
+        &self,
+        host: &HostNorms,
+        batch: &mut [StepSeq<'_>],
+        mut x: Vec<f32>,
+        rot: &Rotation,
+        dims: Dims,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let eps = self.config.rms_norm_eps as f32;
+        let total: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        let mut h = vec![0f32; x.len()];
+        for ((layer, block), (attn_norm, ffn_norm)) in
+            self.blocks.iter().enumerate().zip(&host.blocks)
+        {
+            rms_norm_rows(&x, attn_norm, eps, &mut h);
+            let mut q = block.wq.host(&h, total)?;
+            let mut k = block.wk.host(&h, total)?;
+            let v = block.wv.host(&h, total)?;
+            rot.apply(&mut q, dims.heads);
+            rot.apply(&mut k, dims.kv_heads);
+            let mut seqs: Vec<HostSeq<'_>> = batch
+                .iter_mut()
+                .map(|s| HostSeq {
+                    past: s.cache.len,
+                    len: s.tokens.len(),
+                    kv: &mut s.cache.layers[layer],
+                })
+                .collect();
+            let attn = attention::host_step(&mut seqs, &q, &k, &v, dims);
+            add_assign(&mut x, &block.wo.host(&attn, total)?);
+
+            rms_norm_rows(&x, ffn_norm, eps, &mut h);
+            let mut gate = block.w_gate.host(&h, total)?;
+            vmath::swiglu(&mut gate, &block.w_up.host(&h, total)?);
+            add_assign(&mut x, &block.w_down.host(&gate, total)?);
+        }
+        for seq in batch.iter_mut() {
+            seq.cache.len += seq.tokens.len();
+        }
+
+        let width = self.config.hidden_size;
+        let mut last = Vec::new();
+        let mut end = 0;
+        for seq in batch.iter() {
+            end += seq.tokens.len();
+            if seq.want_logits {
+                last.extend_from_slice(&x[(end - 1) * width..end * width]);
+            }
+        }
+        if last.is_empty() {
+            return Ok(None);
+        }
+        let n = last.len() / width;
+        let mut normed = vec![0f32; last.len()];
+        rms_norm_rows(&last, &host.last, eps, &mut normed);
+        let logits = self.lm_head.host(&normed, n)?;
+        let vocab = logits.len() / n;
+        Ok(Some(Tensor::from_vec(logits, (n, vocab), &self.device)?))
+    }
+}
+
+/// The rotary embedding of one step's tokens.
+struct Rotation {
+    /// Per token, `half` cosines and sines.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    half: usize,
+    /// Rotated pairs are adjacent (`2i`, `2i + 1`), not `i` and `i + half`.
+    interleaved: bool,
+}
+
+impl Rotation {
+    /// Rotates each head of each token's row (`[tokens][heads · 2 · half]`) in place.
+    fn apply(&self, x: &mut [f32], heads: usize) {
+        let (half, hd) = (self.half, 2 * self.half);
+        for (t, row) in x.chunks_exact_mut(heads * hd).enumerate() {
+            let cos = &self.cos[t * half..(t + 1) * half];
+            let sin = &self.sin[t * half..(t + 1) * half];
+            for head in row.chunks_exact_mut(hd) {
+                if self.interleaved {
+                    for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+                        let (a, b) = (pair[0], pair[1]);
+                        pair[0] = a * c - b * s;
+                        pair[1] = a * s + b * c;
+                    }
+                } else {
+                    let (lo, hi) = head.split_at_mut(half);
+                    for (((a, b), &c), &s) in lo.iter_mut().zip(hi).zip(cos).zip(sin) {
+                        let (x0, x1) = (*a, *b);
+                        *a = x0 * c - x1 * s;
+                        *b = x1 * c + x0 * s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `a += b`, elementwise.
+fn add_assign(a: &mut [f32], b: &[f32]) {
+    for (a, b) in a.iter_mut().zip(b) {
+        *a += b;
+    }
+}
+
+/// RMS norm of each row of `x` (rows as wide as `weight`) into `out`: `x / √(mean(x²) + ε) ·
+/// weight`. Rows are spread over the pool when there are many (a prompt).
+fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    use rayon::prelude::*;
+    let width = weight.len();
+    let one = |(x, out): (&[f32], &mut [f32])| {
+        // Sixteen lanes of partial sums: a reduction that vectorises.
+        let mut lanes = [0f32; 16];
+        let (whole, tail) = x.as_chunks::<16>();
+        for c in whole {
+            for (l, v) in lanes.iter_mut().zip(c) {
+                *l += v * v;
+            }
+        }
+        let sum = lanes.iter().sum::<f32>() + tail.iter().map(|v| v * v).sum::<f32>();
+        let inv = 1.0 / (sum / width as f32 + eps).sqrt();
+        for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+            *o = v * inv * w;
+        }
+    };
+    /// Rows below which one thread norms them all.
+    const PAR_ROWS: usize = 64;
+    if x.len() >= PAR_ROWS * width {
+        x.par_chunks_exact(width)
+            .zip(out.par_chunks_exact_mut(width))
+            .with_min_len(PAR_ROWS / 4)
+            .for_each(one);
+    } else {
+        x.chunks_exact(width)
+            .zip(out.chunks_exact_mut(width))
+            .for_each(one);
+    }
+}
+
 /// Rotation tables in the activations' dtype (the embedding's).
 fn rope_tables(
     cfg: &LlamaConfig,
@@ -476,4 +700,79 @@ pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>, LlmError> {
 /// Copies one row of logits to the host.
 pub fn row(logits: &Tensor, i: usize) -> Result<Vec<f32>, LlmError> {
     Ok(logits.i(i)?.to_vec1::<f32>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| ((i.wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "{what} [{i}]: {g} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn host_rms_norm_matches_candle() {
+        // Few rows (one thread) and many (spread over the pool); a width not of sixteens.
+        for (rows, width) in [(3, 576), (100, 72), (1, 5)] {
+            let x = values(rows * width, 1);
+            let w = values(width, 2);
+            let mut out = vec![0f32; x.len()];
+            rms_norm_rows(&x, &w, 1e-5, &mut out);
+            let xt = Tensor::from_vec(x, (rows, width), &Device::Cpu).unwrap();
+            let wt = Tensor::from_vec(w, width, &Device::Cpu).unwrap();
+            let want = candle_nn::ops::rms_norm(&xt, &wt, 1e-5)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_close(&out, &want, &format!("rms norm {rows}x{width}"));
+        }
+    }
+
+    #[test]
+    fn host_rotation_matches_candle() {
+        let (tokens, heads, half) = (5, 3, 8);
+        let x = values(tokens * heads * 2 * half, 3);
+        let cos = values(tokens * half, 4);
+        let sin = values(tokens * half, 5);
+        for interleaved in [false, true] {
+            let mut got = x.clone();
+            Rotation {
+                cos: cos.clone(),
+                sin: sin.clone(),
+                half,
+                interleaved,
+            }
+            .apply(&mut got, heads);
+            // As the tensor step calls it: a batch of one-token sequences.
+            let xt =
+                Tensor::from_vec(x.clone(), (tokens, heads, 1, 2 * half), &Device::Cpu).unwrap();
+            let ct = Tensor::from_vec(cos.clone(), (tokens, 1, half), &Device::Cpu).unwrap();
+            let st = Tensor::from_vec(sin.clone(), (tokens, 1, half), &Device::Cpu).unwrap();
+            let want = if interleaved {
+                candle_nn::rotary_emb::rope_i(&xt, &ct, &st)
+            } else {
+                candle_nn::rotary_emb::rope(&xt, &ct, &st)
+            }
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+            assert_close(&got, &want, &format!("rotation, interleaved {interleaved}"));
+        }
+    }
 }
