@@ -96,13 +96,51 @@ impl Linear {
                 y
             }
         };
+        self.add_bias(&mut y)?;
+        Ok(y)
+    }
+
+    /// Adds the bias, if any, to each row of `y`.
+    fn add_bias(&self, y: &mut [f32]) -> candle_core::Result<()> {
         if let Some(b) = &self.bias {
             let b = b.to_dtype(DType::F32)?.to_vec1::<f32>()?;
             for row in y.chunks_exact_mut(b.len()) {
                 add_assign(row, &b);
             }
         }
-        Ok(y)
+        Ok(())
+    }
+
+    /// Several host projections of the same activations, as [`Self::host`] each; when all
+    /// are packed (and of one width) they share one quantization of the activations and one
+    /// parallel pass ([`PackedMatrix::matmul_many`]).
+    fn host_many<const N: usize>(
+        ls: [&Self; N],
+        x: &[f32],
+        tokens: usize,
+    ) -> candle_core::Result<[Vec<f32>; N]> {
+        let packed: Option<Vec<&PackedMatrix>> = ls
+            .iter()
+            .map(|l| match &l.weight {
+                Weight::Packed(w) => Some(&**w),
+                _ => None,
+            })
+            .collect();
+        let outs = match packed {
+            Some(ms) if ms.windows(2).all(|p| p[0].cols() == p[1].cols()) => {
+                let mut outs = PackedMatrix::matmul_many(&ms, x, tokens);
+                for (l, y) in ls.iter().zip(&mut outs) {
+                    l.add_bias(y)?;
+                }
+                outs
+            }
+            _ => ls
+                .iter()
+                .map(|l| l.host(x, tokens))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+        };
+        outs.try_into()
+            .map_err(|_| candle_core::Error::Msg("one output per projection".into()))
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -543,9 +581,8 @@ impl LlamaModel {
             self.blocks.iter().enumerate().zip(&host.blocks)
         {
             rms_norm_rows(&x, attn_norm, eps, &mut h);
-            let mut q = block.wq.host(&h, total)?;
-            let mut k = block.wk.host(&h, total)?;
-            let v = block.wv.host(&h, total)?;
+            let [mut q, mut k, v] =
+                Linear::host_many([&block.wq, &block.wk, &block.wv], &h, total)?;
             rot.apply(&mut q, dims.heads);
             rot.apply(&mut k, dims.kv_heads);
             let mut seqs: Vec<HostSeq<'_>> = batch
@@ -560,8 +597,8 @@ impl LlamaModel {
             add_assign(&mut x, &block.wo.host(&attn, total)?);
 
             rms_norm_rows(&x, ffn_norm, eps, &mut h);
-            let mut gate = block.w_gate.host(&h, total)?;
-            vmath::swiglu(&mut gate, &block.w_up.host(&h, total)?);
+            let [mut gate, up] = Linear::host_many([&block.w_gate, &block.w_up], &h, total)?;
+            vmath::swiglu(&mut gate, &up);
             add_assign(&mut x, &block.w_down.host(&gate, total)?);
         }
         for seq in batch.iter_mut() {

@@ -148,47 +148,101 @@ impl PackedMatrix {
         self.rows
     }
 
+    /// Input width.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
     /// `x` is `[tokens, cols]`; returns `[tokens, rows]`. Each token's outputs are the same
     /// whatever else is in the batch.
     pub fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
-        assert_eq!(
-            x.len(),
-            tokens * self.cols,
-            "activations of {tokens} tokens"
-        );
-        let blocks = self.cols / QK;
+        Self::matmul_many(&[self], x, tokens)
+            .pop()
+            .unwrap_or_default()
+    }
+
+    /// Several matrices of the same width times the same `[tokens, cols]` activations (a
+    /// layer's query, key and value projections; its gate and up projections): the
+    /// activations are quantized once and every matrix's groups share one parallel pass, so
+    /// small matrices do not each pay for a pass of their own. Returns each matrix's
+    /// `[tokens, rows]`, in order.
+    pub fn matmul_many(ms: &[&Self], x: &[f32], tokens: usize) -> Vec<Vec<f32>> {
+        let Some(cols) = ms.first().map(|m| m.cols) else {
+            return Vec::new();
+        };
+        assert!(ms.iter().all(|m| m.cols == cols), "matrices of one width");
+        assert_eq!(x.len(), tokens * cols, "activations of {tokens} tokens");
+        let blocks = cols / QK;
         let acts = Acts::quantize(x, blocks);
-        let per = 1 + self.bits;
-        let groups = self.rows.div_ceil(GROUP);
-        // Group-major: every task owns whole groups, for every token.
-        let mut by_group = vec![0f32; groups * tokens * GROUP];
+        // Group-major: every task owns one group of one matrix, for every token.
+        let mut by_group: Vec<Vec<f32>> = ms
+            .iter()
+            .map(|m| vec![0f32; m.rows.div_ceil(GROUP) * tokens * GROUP])
+            .collect();
         if tokens > 0 {
-            by_group
-                .par_chunks_mut(tokens * GROUP)
+            let tasks: Vec<(&Self, usize, &mut [f32])> = ms
+                .iter()
+                .zip(by_group.iter_mut())
+                .flat_map(|(&m, buf)| {
+                    buf.chunks_mut(tokens * GROUP)
+                        .enumerate()
+                        .map(move |(g, out)| (m, g, out))
+                })
+                .collect();
+            tasks
+                .into_par_iter()
                 .with_min_len(2)
-                .enumerate()
-                .for_each(|(g, out)| {
-                    let w = &self.lines[g * blocks * per..];
-                    for (tile, o) in out.chunks_mut(TILE * GROUP).enumerate() {
-                        let t0 = tile * TILE;
-                        let nt = o.len() / GROUP;
-                        let values = &acts.values[t0 * blocks..(t0 + nt) * blocks];
-                        let scales = &acts.scales[t0 * blocks..(t0 + nt) * blocks];
-                        kernel(self.bits, w, values, scales, blocks, o);
-                    }
-                });
+                .for_each(|(m, g, out)| m.group(g, &acts, blocks, out));
         }
-        let mut out = vec![0f32; tokens * self.rows];
-        for (g, chunk) in by_group.chunks_exact(tokens * GROUP).enumerate() {
-            let first = g * GROUP;
-            let n = GROUP.min(self.rows - first);
-            for (t, part) in chunk.chunks_exact(GROUP).enumerate() {
-                out[t * self.rows + first..t * self.rows + first + n].copy_from_slice(&part[..n]);
+        ms.iter()
+            .zip(&by_group)
+            .map(|(m, by_group)| m.token_major(by_group, tokens))
+            .collect()
+    }
+
+    /// Group `g`'s outputs for every token of `acts`, `[token][16]`.
+    fn group(&self, g: usize, acts: &Acts, blocks: usize, out: &mut [f32]) {
+        let per = 1 + self.bits;
+        let w = &self.lines[g * blocks * per..];
+        for (tile, o) in out.chunks_mut(TILE * GROUP).enumerate() {
+            let t0 = tile * TILE;
+            let nt = o.len() / GROUP;
+            let values = &acts.values[t0 * blocks..(t0 + nt) * blocks];
+            let scales = &acts.scales[t0 * blocks..(t0 + nt) * blocks];
+            kernel(self.bits, w, values, scales, blocks, o);
+        }
+    }
+
+    /// Group-major outputs (`[group][token][16]`) as `[token][rows]`; a prompt's many tokens
+    /// are spread over the pool.
+    fn token_major(&self, by_group: &[f32], tokens: usize) -> Vec<f32> {
+        let rows = self.rows;
+        let mut out = vec![0f32; tokens * rows];
+        if tokens == 0 {
+            return out;
+        }
+        let row = |(t, dst): (usize, &mut [f32])| {
+            for (g, chunk) in by_group.chunks_exact(tokens * GROUP).enumerate() {
+                let first = g * GROUP;
+                let n = GROUP.min(rows - first);
+                dst[first..first + n].copy_from_slice(&chunk[t * GROUP..t * GROUP + n]);
             }
+        };
+        if tokens >= PAR_TOKENS {
+            out.par_chunks_mut(rows)
+                .enumerate()
+                .with_min_len(PAR_TOKENS / 4)
+                .for_each(row);
+        } else {
+            out.chunks_mut(rows).enumerate().for_each(row);
         }
         out
     }
 }
+
+/// Tokens from which a step's activation quantizing and output transposing are spread over
+/// the pool (a prompt's); a decode step's few tokens take microseconds.
+const PAR_TOKENS: usize = 64;
 
 /// Block `b` of row `r` of a GGML `[rows, cols]` matrix of `BLOCK`-byte blocks; `None` when
 /// this CPU has no kernels or the bytes are not such a matrix.
@@ -233,8 +287,23 @@ impl Acts {
         // The vector quantizer where the kernels run (the only place packed matrices exist),
         // else the portable one it matches: the same activations either way.
         let quantize = block_quantizer();
-        let (scales, values): (Vec<_>, Vec<_>) = whole.iter().map(quantize).unzip();
-        debug_assert_eq!(scales.len(), n);
+        let mut scales = vec![[0f32; 2]; n];
+        let mut values = vec![[0i8; QK]; n];
+        let run = |((x, s), v): ((&[[f32; QK]], &mut [[f32; 2]]), &mut [[i8; QK]])| {
+            for ((x, s), v) in x.iter().zip(s).zip(v) {
+                (*s, *v) = quantize(x);
+            }
+        };
+        let chunk = blocks.max(1) * PAR_TOKENS / 4;
+        if n >= blocks * PAR_TOKENS {
+            whole
+                .par_chunks(chunk)
+                .zip(scales.par_chunks_mut(chunk))
+                .zip(values.par_chunks_mut(chunk))
+                .for_each(run);
+        } else {
+            run(((whole, &mut scales), &mut values));
+        }
         Self { scales, values }
     }
 }
@@ -561,6 +630,29 @@ mod tests {
                 "q8",
             );
         }
+    }
+
+    #[test]
+    fn several_matrices_in_one_pass_match_each_alone() {
+        if !PackedMatrix::available() {
+            return;
+        }
+        // Mixed bits and padded groups; 70 tokens quantize and transpose in parallel.
+        let cols = 64;
+        let a = PackedMatrix::from_q4_1(&q4_1_bytes(37, cols), 37, cols).unwrap();
+        let b = PackedMatrix::from_q8_0(&q8_0_bytes(16, cols), 16, cols).unwrap();
+        let c = PackedMatrix::from_q4_1(&q4_1_bytes(5, cols), 5, cols).unwrap();
+        let dense = dense_q4_1(&q4_1_bytes(37, cols), 37, cols);
+        for tokens in [0, 1, 16, 70] {
+            let x = activations(tokens, cols);
+            let all = PackedMatrix::matmul_many(&[&a, &b, &c], &x, tokens);
+            assert_eq!(all.len(), 3);
+            for (got, m) in all.iter().zip([&a, &b, &c]) {
+                assert_eq!(got, &m.matmul(&x, tokens), "{tokens} tokens");
+            }
+            assert_close(&all[0], &reference(&dense, 37, cols, &x, tokens), "q4");
+        }
+        assert!(PackedMatrix::matmul_many(&[], &[], 3).is_empty());
     }
 
     #[test]
