@@ -289,7 +289,7 @@ impl Acts {
         let quantize = block_quantizer();
         let mut scales = vec![[0f32; 2]; n];
         let mut values = vec![[0i8; QK]; n];
-        let run = |((x, s), v): ((&[[f32; QK]], &mut [[f32; 2]]), &mut [[i8; QK]])| {
+        let run = |x: &[[f32; QK]], s: &mut [[f32; 2]], v: &mut [[i8; QK]]| {
             for ((x, s), v) in x.iter().zip(s).zip(v) {
                 (*s, *v) = quantize(x);
             }
@@ -300,9 +300,9 @@ impl Acts {
                 .par_chunks(chunk)
                 .zip(scales.par_chunks_mut(chunk))
                 .zip(values.par_chunks_mut(chunk))
-                .for_each(run);
+                .for_each(|((x, s), v)| run(x, s, v));
         } else {
-            run(((whole, &mut scales), &mut values));
+            run(whole, &mut scales, &mut values);
         }
         Self { scales, values }
     }
