@@ -729,9 +729,38 @@ fn rope_tables(
     Ok((cos, sin))
 }
 
-/// The index of the largest value of each row of `[n, vocab]` logits.
+/// The index of the largest value of each row of `[n, vocab]` logits (the first, on ties).
+/// On the CPU the rows are scanned in place, in parallel: candle's argmax of 16 rows of a
+/// 49k vocabulary took half a millisecond of a 10 ms decode step, on one thread.
 pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>, LlmError> {
+    use rayon::prelude::*;
+    let (_, vocab) = logits.dims2()?;
+    let (storage, layout) = logits.storage_and_layout();
+    if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(all)), Some((from, to))) =
+        (&*storage, layout.contiguous_offsets())
+        && vocab > 0
+    {
+        return Ok(all[from..to].par_chunks_exact(vocab).map(argmax).collect());
+    }
+    drop(storage);
     Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+}
+
+/// The index of the first largest value of `row` (NaNs never win; 0 when all are NaN).
+fn argmax(row: &[f32]) -> u32 {
+    // The maximum in sixteen lanes (vectorises), then its first position.
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let (whole, tail) = row.as_chunks::<16>();
+    for c in whole {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v);
+        }
+    }
+    let max = lanes
+        .into_iter()
+        .chain(tail.iter().copied())
+        .fold(f32::NEG_INFINITY, f32::max);
+    row.iter().position(|&v| v == max).unwrap_or(0) as u32
 }
 
 /// Copies one row of logits to the host.
@@ -757,6 +786,39 @@ mod tests {
                 "{what} [{i}]: {g} vs {w}"
             );
         }
+    }
+
+    #[test]
+    fn argmax_rows_matches_candle_and_takes_the_first_of_ties() {
+        let (rows, vocab) = (5, 1000);
+        let mut x = values(rows * vocab, 6);
+        // Row 1: a tie of the largest value, the first one wins; row 2: a NaN and -inf.
+        x[vocab + 10] = 9.0;
+        x[vocab + 700] = 9.0;
+        x[2 * vocab + 3] = f32::NAN;
+        x[2 * vocab + 4] = f32::NEG_INFINITY;
+        x[2 * vocab + 999] = 5.0;
+        let t = Tensor::from_vec(x.clone(), (rows, vocab), &Device::Cpu).unwrap();
+        let got = argmax_rows(&t).unwrap();
+        assert_eq!(got[1], 10);
+        assert_eq!(got[2], 999);
+        let mut clean = x;
+        clean[2 * vocab + 3] = 0.0;
+        let want = Tensor::from_vec(clean, (rows, vocab), &Device::Cpu)
+            .unwrap()
+            .argmax(D::Minus1)
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap();
+        assert_eq!(got, want);
+        // A row of a larger tensor (not at offset 0) and a non-contiguous view.
+        let part = t.narrow(0, 1, 2).unwrap();
+        assert_eq!(argmax_rows(&part).unwrap(), vec![10, 999]);
+        let strided = t.t().unwrap();
+        assert_eq!(
+            argmax_rows(&strided).unwrap(),
+            strided.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap()
+        );
     }
 
     #[test]
