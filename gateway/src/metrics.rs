@@ -269,6 +269,7 @@ struct EngineCollector {
     batched: IntCounterVec,
     generated: IntCounterVec,
     prompt: IntCounterVec,
+    cancelled: IntCounterVec,
 }
 
 impl EngineCollector {
@@ -306,6 +307,10 @@ impl EngineCollector {
                 "engine_prompt_tokens_total",
                 "Prompt tokens processed by a local engine",
             )?,
+            cancelled: counter(
+                "engine_cancelled_sequences_total",
+                "Sequences a local engine dropped because their client went away",
+            )?,
         })
     }
 }
@@ -319,6 +324,7 @@ impl prometheus::core::Collector for EngineCollector {
             self.batched.desc(),
             self.generated.desc(),
             self.prompt.desc(),
+            self.cancelled.desc(),
         ]
         .concat()
     }
@@ -342,6 +348,7 @@ impl prometheus::core::Collector for EngineCollector {
             sync(&self.batched, s.batched_sequences.load(Relaxed));
             sync(&self.generated, s.generated_tokens.load(Relaxed));
             sync(&self.prompt, s.prompt_tokens.load(Relaxed));
+            sync(&self.cancelled, s.cancelled.load(Relaxed));
         }
         [
             self.queued.collect(),
@@ -350,6 +357,7 @@ impl prometheus::core::Collector for EngineCollector {
             self.batched.collect(),
             self.generated.collect(),
             self.prompt.collect(),
+            self.cancelled.collect(),
         ]
         .concat()
     }

@@ -129,6 +129,44 @@ async fn streamed_text_equals_the_plain_answer() {
 }
 
 #[tokio::test]
+async fn a_client_that_disconnects_cancels_its_sequence() {
+    let Some(url) = local_server(LOCAL).await else {
+        return;
+    };
+    let mut body = chat("smol", "Write a very long essay about the sea.", 4000);
+    body["stream"] = json!(true);
+    body["ignore_eos"] = json!(true);
+    let resp = post(&format!("{url}/v1/chat/completions"), &body).await;
+    assert_eq!(resp.status(), 200);
+    let mut bytes = resp.bytes_stream();
+    // The first chunk: the sequence is decoding. Then the client goes away.
+    bytes.next().await.unwrap().unwrap();
+    drop(bytes);
+    let metric = |text: &str, name: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("aigw_{name}{{")) && l.contains("\"smol\""))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    for _ in 0..200 {
+        let text = reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&text, "engine_cancelled_sequences_total") == Some(1) {
+            assert_eq!(metric(&text, "engine_active_sequences"), Some(0));
+            let generated = metric(&text, "engine_generated_tokens_total").unwrap();
+            assert!(generated < 4000, "{generated} tokens for a gone client");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the sequence of a gone client kept running");
+}
+
+#[tokio::test]
 async fn embeddings_and_their_limits() {
     let Some(url) = local_server(LOCAL).await else {
         return;

@@ -248,15 +248,22 @@ fn incremental_decoding_never_splits_characters() {
 async fn dropping_the_receiver_cancels_the_sequence() {
     // Its own engine: the shared one may be busy with other tests' sequences.
     let Some(engine) = own_engine() else { return };
-    let rx = engine
+    let mut rx = engine
         .submit(greedy(prompt(&engine, "Write a very long essay."), 4000))
         .unwrap();
+    // Decoding for certain (text came back), then abandoned.
+    assert!(matches!(rx.recv().await, Some(GenEvent::Delta(_))));
     drop(rx);
-    // The engine notices at its next step and the sequence leaves the batch.
+    // The engine notices before its next step and the sequence leaves the batch.
+    let stats = engine.stats();
     for _ in 0..200 {
-        if engine.stats().active.load(Ordering::Relaxed) == 0
-            && engine.stats().queued.load(Ordering::Relaxed) == 0
-        {
+        if stats.cancelled.load(Ordering::Relaxed) == 1 {
+            assert_eq!(stats.active.load(Ordering::Relaxed), 0);
+            let generated = stats.generated_tokens.load(Ordering::Relaxed);
+            assert!(
+                generated < 4000,
+                "{generated} tokens for an abandoned sequence"
+            );
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));

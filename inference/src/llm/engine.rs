@@ -130,6 +130,8 @@ pub struct EngineStats {
     pub prompt_tokens: AtomicU64,
     /// Tokens generated.
     pub generated_tokens: AtomicU64,
+    /// Sequences dropped because their client went away before they finished.
+    pub cancelled: AtomicU64,
 }
 
 struct Job {
@@ -303,7 +305,13 @@ impl Worker {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
+            // A client that went away (its receiver dropped) ends its sequence here, before
+            // the step: the only place sequences leave unfinished.
+            let before = self.active.len();
             self.active.retain(|s| !s.events.is_closed());
+            self.stats
+                .cancelled
+                .fetch_add((before - self.active.len()) as u64, Ordering::Relaxed);
             self.stats
                 .active
                 .store(self.active.len(), Ordering::Relaxed);
@@ -491,9 +499,11 @@ impl Worker {
 }
 
 impl Sequence {
+    /// Sends text, if any. A send to a client that went away fails; the sequence then
+    /// leaves before the next step, counted as cancelled.
     fn send_text(&mut self, text: String) {
-        if !text.is_empty() && self.events.send(GenEvent::Delta(text)).is_err() {
-            self.done = true;
+        if !text.is_empty() {
+            let _ = self.events.send(GenEvent::Delta(text));
         }
     }
 }
