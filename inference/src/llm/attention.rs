@@ -24,6 +24,9 @@ mod avx512;
 /// Initial KV capacity of a sequence on a device, and the step it grows by.
 const KV_CHUNK: usize = 128;
 
+/// The largest finite f16: cached keys and values beyond it are saturated.
+const F16_MAX: f32 = 65504.0;
+
 /// Positions per block of the host key and value caches.
 const KEY_BLOCK: usize = 16;
 
@@ -386,7 +389,8 @@ fn append_blocked(
         }
         let dst = &mut cache[block * block_len..(block + 1) * block_len];
         for (j, &x) in row.iter().enumerate() {
-            dst[at(j, slot)] = half::f16::from_f32(x).to_bits();
+            // Saturated, not rounded to infinity (which would make the scores NaN).
+            dst[at(j, slot)] = half::f16::from_f32(x.clamp(-F16_MAX, F16_MAX)).to_bits();
         }
     }
 }
@@ -596,6 +600,39 @@ mod tests {
                 };
                 host_matches_tensor(name, attend, past, len, d);
             }
+        }
+    }
+
+    #[test]
+    fn keys_and_values_beyond_f16_saturate_instead_of_poisoning_the_scores() {
+        let d = Dims {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 64,
+        };
+        for (name, attend) in &attend_variants() {
+            let mut kv = LayerKv::new(&Device::Cpu);
+            let q = vec![0.01f32; 3 * 2 * 64];
+            let mut k = vec![0.5f32; 3 * 64];
+            let mut v = vec![1.0f32; 3 * 64];
+            k[70] = 1e6;
+            v[5] = -1e9;
+            let out = host_step_in(
+                &mut [HostSeq {
+                    kv: &mut kv,
+                    past: 0,
+                    len: 3,
+                }],
+                &q,
+                &k,
+                &v,
+                d,
+                attend.as_ref(),
+            );
+            assert!(out.iter().all(|x| x.is_finite()), "{name}: {out:?}");
+            // The first position's value 5 is the largest negative f16, at weight 1 for the
+            // first token.
+            assert_eq!(out[5], -F16_MAX, "{name}");
         }
     }
 
