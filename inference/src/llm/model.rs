@@ -480,15 +480,7 @@ impl LlamaModel {
                     k.flatten_all()?.to_vec1::<f32>()?,
                     v.flatten_all()?.to_vec1::<f32>()?,
                 );
-                let mut seqs: Vec<HostSeq<'_>> = batch
-                    .iter_mut()
-                    .map(|s| HostSeq {
-                        past: s.cache.len,
-                        len: s.tokens.len(),
-                        kv: &mut s.cache.layers[layer],
-                    })
-                    .collect();
-                let out = attention::host_step(&mut seqs, &qh, &kh, &vh, dims);
+                let out = attention::host_step(&mut host_seqs(batch, layer), &qh, &kh, &vh, dims);
                 Tensor::from_vec(out, (total, nh * hd), &self.device)?
             } else {
                 let mut pooled_outs = match pooled {
@@ -585,15 +577,7 @@ impl LlamaModel {
                 Linear::host_many([&block.wq, &block.wk, &block.wv], &h, total)?;
             rot.apply(&mut q, dims.heads);
             rot.apply(&mut k, dims.kv_heads);
-            let mut seqs: Vec<HostSeq<'_>> = batch
-                .iter_mut()
-                .map(|s| HostSeq {
-                    past: s.cache.len,
-                    len: s.tokens.len(),
-                    kv: &mut s.cache.layers[layer],
-                })
-                .collect();
-            let attn = attention::host_step(&mut seqs, &q, &k, &v, dims);
+            let attn = attention::host_step(&mut host_seqs(batch, layer), &q, &k, &v, dims);
             add_assign(&mut x, &block.wo.host(&attn, total)?);
 
             rms_norm_rows(&x, ffn_norm, eps, &mut h);
@@ -624,6 +608,18 @@ impl LlamaModel {
         let vocab = logits.len() / n;
         Ok(Some(Tensor::from_vec(logits, (n, vocab), &self.device)?))
     }
+}
+
+/// Each sequence's share of a host attention step in `layer`.
+fn host_seqs<'a>(batch: &'a mut [StepSeq<'_>], layer: usize) -> Vec<HostSeq<'a>> {
+    batch
+        .iter_mut()
+        .map(|s| HostSeq {
+            past: s.cache.len,
+            len: s.tokens.len(),
+            kv: &mut s.cache.layers[layer],
+        })
+        .collect()
 }
 
 /// The rotary embedding of one step's tokens.
