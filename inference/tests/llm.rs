@@ -257,13 +257,12 @@ async fn dropping_the_receiver_cancels_the_sequence() {
     // The engine notices before its next step and the sequence leaves the batch.
     let stats = engine.stats();
     for _ in 0..200 {
-        if stats.cancelled.load(Ordering::Relaxed) == 1 {
-            assert_eq!(stats.active.load(Ordering::Relaxed), 0);
+        if stats.cancelled.load(Ordering::Relaxed) == 1 && stats.active.load(Ordering::Relaxed) == 0
+        {
+            // And nothing decodes any more.
             let generated = stats.generated_tokens.load(Ordering::Relaxed);
-            assert!(
-                generated < 4000,
-                "{generated} tokens for an abandoned sequence"
-            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert_eq!(stats.generated_tokens.load(Ordering::Relaxed), generated);
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));

@@ -299,19 +299,15 @@ impl Worker {
                     Err(_) => return,
                 }
             }
+            // Seats of clients that went away are freed before new sequences take them.
+            self.drop_gone();
             while self.active.len() < self.config.max_batch {
                 match self.rx.try_recv() {
                     Ok(job) => self.admit(job),
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            // A client that went away (its receiver dropped) ends its sequence here, before
-            // the step: the only place sequences leave unfinished.
-            let before = self.active.len();
-            self.active.retain(|s| !s.events.is_closed());
-            self.stats
-                .cancelled
-                .fetch_add((before - self.active.len()) as u64, Ordering::Relaxed);
+            self.drop_gone();
             self.stats
                 .active
                 .store(self.active.len(), Ordering::Relaxed);
@@ -323,6 +319,16 @@ impl Worker {
                 .active
                 .store(self.active.len(), Ordering::Relaxed);
         }
+    }
+
+    /// Ends the sequences whose client went away (its receiver dropped), counting them: the
+    /// only place sequences leave unfinished, always before a step.
+    fn drop_gone(&mut self) {
+        let before = self.active.len();
+        self.active.retain(|s| !s.events.is_closed());
+        self.stats
+            .cancelled
+            .fetch_add((before - self.active.len()) as u64, Ordering::Relaxed);
     }
 
     fn admit(&mut self, job: Job) {

@@ -589,7 +589,7 @@ impl LlamaModel {
             seq.cache.len += seq.tokens.len();
         }
 
-        let width = self.config.hidden_size;
+        let width = host.last.len();
         let mut last = Vec::new();
         let mut end = 0;
         for seq in batch.iter() {
@@ -815,6 +815,102 @@ mod tests {
             argmax_rows(&strided).unwrap(),
             strided.argmax(D::Minus1).unwrap().to_vec1::<u32>().unwrap()
         );
+    }
+
+    /// A `[rows, cols]` Q4_1 projection of varied weights (about ±0.15).
+    fn q4_linear(rows: usize, cols: usize, seed: usize, bias: bool) -> Option<Linear> {
+        let mut bytes = Vec::new();
+        for r in 0..rows {
+            for b in 0..cols / 32 {
+                let d = half::f16::from_f32(0.02 + 0.001 * ((r + b + seed) % 7) as f32);
+                let m = half::f16::from_f32(-0.15);
+                bytes.extend_from_slice(&d.to_bits().to_le_bytes());
+                bytes.extend_from_slice(&m.to_bits().to_le_bytes());
+                bytes.extend((0..16).map(|j| ((r * 31 + j * 17 + b * 7 + seed * 13) % 256) as u8));
+            }
+        }
+        let weight = PackedMatrix::from_q4_1(&bytes, rows, cols)?;
+        let bias = bias.then(|| Tensor::from_vec(values(rows, seed as u32), rows, &Device::Cpu));
+        Some(Linear::packed(weight, bias.transpose().ok()?))
+    }
+
+    #[test]
+    fn host_path_with_biases_matches_the_tensor_path_in_both_rotations() {
+        if !PackedMatrix::available() {
+            eprintln!("no AVX-512 VNNI here: no model runs on the host path");
+            return;
+        }
+        for interleaved in [false, true] {
+            let config = LlamaConfig {
+                architecture: "qwen2".into(),
+                vocab_size: 64,
+                hidden_size: 64,
+                intermediate_size: 128,
+                num_layers: 2,
+                num_heads: 4,
+                num_kv_heads: 2,
+                head_dim: 16,
+                rms_norm_eps: 1e-6,
+                rope_theta: 10_000.0,
+                rope_interleaved: interleaved,
+                context_length: 64,
+            };
+            let dev = Device::Cpu;
+            let norm = || Tensor::from_vec(values(64, 9), 64, &dev).unwrap();
+            let blocks = (0..2)
+                .map(|l| Block {
+                    attn_norm: norm(),
+                    wq: q4_linear(64, 64, 10 * l + 1, true).unwrap(),
+                    wk: q4_linear(32, 64, 10 * l + 2, true).unwrap(),
+                    wv: q4_linear(32, 64, 10 * l + 3, true).unwrap(),
+                    wo: q4_linear(64, 64, 10 * l + 4, false).unwrap(),
+                    ffn_norm: norm(),
+                    w_gate: q4_linear(128, 64, 10 * l + 5, false).unwrap(),
+                    w_up: q4_linear(128, 64, 10 * l + 6, false).unwrap(),
+                    w_down: q4_linear(64, 128, 10 * l + 7, false).unwrap(),
+                })
+                .collect();
+            let embed = Tensor::from_vec(values(64 * 64, 11), (64, 64), &dev).unwrap();
+            let lm_head = q4_linear(64, 64, 12, false).unwrap();
+            let model = LlamaModel::new(config, embed, blocks, norm(), lm_head, &dev).unwrap();
+            assert!(model.runs_on_host());
+            let tensor = model.clone().without_host_path();
+            let run = |m: &LlamaModel| {
+                let (mut a, mut b) = (m.new_cache(), m.new_cache());
+                let mut rows = Vec::new();
+                for (ta, tb) in [(&[1u32, 5, 9, 33][..], &[7u32][..]), (&[2], &[8, 3])] {
+                    let logits = m
+                        .forward(&mut [
+                            StepSeq {
+                                tokens: ta,
+                                cache: &mut a,
+                                want_logits: true,
+                            },
+                            StepSeq {
+                                tokens: tb,
+                                cache: &mut b,
+                                want_logits: true,
+                            },
+                        ])
+                        .unwrap()
+                        .unwrap();
+                    rows.extend(logits.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                }
+                rows
+            };
+            let (host, reference) = (run(&model), run(&tensor));
+            assert_eq!(host.len(), 4 * 64);
+            let worst = host
+                .iter()
+                .zip(&reference)
+                .map(|(h, t)| (h - t).abs() / t.abs().max(1.0))
+                .fold(0f32, f32::max);
+            eprintln!("interleaved {interleaved}: worst {worst}");
+            assert!(
+                worst < 1e-3,
+                "interleaved {interleaved}: logits differ by {worst}"
+            );
+        }
     }
 
     #[test]

@@ -178,9 +178,9 @@ fn key_scores<const NR: usize>(
     }
 }
 
-/// Adds the weighted values of the first `visible` positions of one KV head (`values`: its
-/// first block, at the pass's first dimension) to [`DIMS`] dimensions of `NR` output heads
-/// (`out`, rows `hd` apart); `w` holds the heads' weights, `[NR][span]`.
+/// Writes the weighted sum of the values of the first `visible` positions of one KV head
+/// (`values`: its first block, at the pass's first dimension) to [`DIMS`] dimensions of `NR`
+/// output heads (`out`, rows `hd` apart); `w` holds the heads' weights, `[NR][span]`.
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn value_sums<const NR: usize>(
