@@ -149,25 +149,23 @@ async fn a_client_that_disconnects_cancels_its_sequence() {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
     };
-    for _ in 0..200 {
-        let text = reqwest::get(format!("{url}/metrics"))
+    let metrics = || async {
+        reqwest::get(format!("{url}/metrics"))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    };
+    for _ in 0..200 {
+        let text = metrics().await;
         if metric(&text, "engine_cancelled_sequences_total") == Some(1)
             && metric(&text, "engine_active_sequences") == Some(0)
         {
             // And nothing decodes any more.
             let generated = metric(&text, "engine_generated_tokens_total");
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            let text = reqwest::get(format!("{url}/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = metrics().await;
             assert_eq!(metric(&text, "engine_generated_tokens_total"), generated);
             return;
         }

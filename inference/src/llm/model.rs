@@ -69,14 +69,6 @@ impl Linear {
         }
     }
 
-    /// The packed matrix, when this projection is one and has no bias.
-    fn packed_weight(&self) -> Option<&PackedMatrix> {
-        match (&self.weight, &self.bias) {
-            (Weight::Packed(w), None) => Some(w),
-            _ => None,
-        }
-    }
-
     /// Whether this projection runs on the host ([`Self::host`]), not in candle.
     fn on_host(&self) -> bool {
         !matches!(self.weight, Weight::Candle(_))
@@ -183,6 +175,18 @@ pub struct Block {
     pub w_up: Linear,
     /// MLP down projection.
     pub w_down: Linear,
+}
+
+impl Block {
+    /// The MLP's gated activations, `silu(gate(h)) · up(h)`, of host projections.
+    fn host_gated(&self, h: &[f32], tokens: usize) -> candle_core::Result<Vec<f32>> {
+        let [mut gate, up] = Linear::host_many([&self.w_gate, &self.w_up], h, tokens)?;
+        if gate.len() != up.len() {
+            candle_core::bail!("gate and up projections of different widths");
+        }
+        vmath::swiglu(&mut gate, &up);
+        Ok(gate)
+    }
 }
 
 /// The whole model.
@@ -395,8 +399,7 @@ impl LlamaModel {
             );
         }
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
-        let position_ids = positions;
-        let positions = Tensor::new(position_ids.as_slice(), &self.device)?;
+        let positions = Tensor::new(positions.as_slice(), &self.device)?;
         // Per-token rotation tables, shaped as a batch of one-token sequences.
         let half = cfg.head_dim / 2;
         let cos = self
@@ -517,18 +520,14 @@ impl LlamaModel {
             x = (x + block.wo.forward(&attn)?)?;
 
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, eps)?;
-            let gated = match (block.w_gate.packed_weight(), block.w_up.packed_weight()) {
+            let gated = if block.w_gate.on_host() && block.w_up.on_host() {
                 // Both projections on the host: the gate in place, without tensor round trips.
-                (Some(g), Some(u)) if g.rows() == u.rows() => {
-                    let host = h.flatten_all()?.to_vec1::<f32>()?;
-                    let mut gate = g.matmul(&host, total);
-                    vmath::swiglu(&mut gate, &u.matmul(&host, total));
-                    Tensor::from_vec(gate, (total, g.rows()), &self.device)?
-                }
-                _ => {
-                    let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
-                    (gate * block.w_up.forward(&h)?)?
-                }
+                let gated = block.host_gated(&h.flatten_all()?.to_vec1::<f32>()?, total)?;
+                let width = gated.len() / total;
+                Tensor::from_vec(gated, (total, width), &self.device)?
+            } else {
+                let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
+                (gate * block.w_up.forward(&h)?)?
             };
             x = (x + block.w_down.forward(&gated)?)?;
         }
@@ -581,9 +580,8 @@ impl LlamaModel {
             add_assign(&mut x, &block.wo.host(&attn, total)?);
 
             rms_norm_rows(&x, ffn_norm, eps, &mut h);
-            let [mut gate, up] = Linear::host_many([&block.w_gate, &block.w_up], &h, total)?;
-            vmath::swiglu(&mut gate, &up);
-            add_assign(&mut x, &block.w_down.host(&gate, total)?);
+            let gated = block.host_gated(&h, total)?;
+            add_assign(&mut x, &block.w_down.host(&gated, total)?);
         }
         for seq in batch.iter_mut() {
             seq.cache.len += seq.tokens.len();
